@@ -1,0 +1,344 @@
+"""Packs: /api/v1/packs CRUD, register (directory on the API host), upload (multipart tar.gz) and
+the per-pack component lists (api.md §3)."""
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+from starlette.routing import Route
+
+from .. import broker
+from .. import packs as packs_mod
+from . import common as C
+from . import apib_util as U
+
+log = logging.getLogger(__name__)
+
+
+def _packs_base(request) -> Path:
+    return Path(request.app.state.cfg.get("packs_base_dir"))
+
+
+def _publish_rule_changes(request, changes) -> None:
+    for key, rule_id, ref, trigger_ref in changes:
+        C.publish(request, broker.EVENTS, key,
+                  {"rule_id": rule_id, "rule_ref": ref, "trigger_ref": trigger_ref})
+
+
+def load_visible_pack(db, principal, ref: str) -> dict:
+    row = db.one("SELECT * FROM pack WHERE ref = %s", (ref,))
+    if row is None or not U.pack_visible(db, principal, row):
+        raise C.not_found(f"Pack '{ref}' not found")
+    return row
+
+
+# ------------------------------------------------------------------ list / get
+async def list_packs(request):
+    p = await C.require_auth(request)
+    pg = C.page_params(request)
+
+    def work():
+        db = C.db(request)
+        rows = db.all("SELECT * FROM pack ORDER BY ref")
+        rows = [r for r in rows if U.pack_visible(db, p, r)]
+        items = [U.pack_summary(r) for r in rows[pg.offset:pg.offset + pg.limit]]
+        return C.paginated(items, pg.page, pg.size, total=len(rows))
+    return await U.sync(work)
+
+
+async def get_pack(request):
+    p = await C.require_auth(request)
+    ref = request.path_params["ref"]
+
+    def work():
+        return C.ok(U.pack_response(load_visible_pack(C.db(request), p, ref)))
+    return await U.sync(work)
+
+
+# ------------------------------------------------------------------ create / update / delete
+CREATE_SPEC = {
+    "ref": C.Field(str, required=True, min_len=1, max_len=255),
+    "label": C.Field(str, required=True, min_len=1, max_len=255),
+    "version": C.Field(str, required=True, min_len=1, max_len=50),
+    "description": C.Field(str),
+    "conf_schema": C.Field("json", default=dict),
+    "config": C.Field("json", default=dict),
+    "meta": C.Field("json", default=dict),
+    "tags": C.Field(list, items=str, default=list),
+    "runtime_deps": C.Field(list, items=str, default=list),
+    "dependencies": C.Field(list, items=str, default=list),
+    "is_standard": C.Field(bool, default=False, nullable=False),
+}
+
+
+async def create_pack(request):
+    p = await C.require_auth(request)
+    body = await C.read_json(request, CREATE_SPEC)
+
+    def work():
+        db = C.db(request)
+        ref = body["ref"]
+        if db.one("SELECT id FROM pack WHERE ref = %s", (ref,)):
+            raise C.conflict(f"Pack with ref '{ref}' already exists")
+        U.rbac_authorize(db, p, "packs", "create", ref=ref, pack_ref=ref)
+        installed_by = p.identity_id if (p.token_type == "access" and not body["is_standard"]) else None
+        row = db.one(
+            "INSERT INTO pack (ref, label, description, version, conf_schema, config, meta, tags, "
+            "runtime_deps, dependencies, is_standard, installed_by) VALUES "
+            "(%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) RETURNING *",
+            (ref, body["label"], body["description"], body["version"],
+             C_J(body["conf_schema"] if body["conf_schema"] is not None else {}),
+             C_J(body["config"] if body["config"] is not None else {}),
+             C_J(body["meta"] if body["meta"] is not None else {}),
+             C_J(body["tags"] or []), C_J(body["runtime_deps"] or []),
+             C_J(body["dependencies"] or []), body["is_standard"], installed_by))
+        wf_dir = _packs_base(request) / ref / "workflows"
+        if wf_dir.is_dir():
+            try:
+                from .routes_workflows import sync_pack_workflows
+                sync_pack_workflows(db, row, _packs_base(request) / ref)
+            except Exception:  # best effort, as upstream
+                log.warning("workflow sync for new pack %s failed", ref, exc_info=True)
+        return C.ok(U.pack_response(row), 201, "Pack created successfully")
+    return await U.sync(work)
+
+
+def C_J(value):
+    from ..db import J
+    return J(value)
+
+
+UPDATE_SPEC = {
+    "label": C.Field(str, min_len=1, max_len=255),
+    "description": C.Field("json"),
+    "version": C.Field(str, min_len=1, max_len=50),
+    "conf_schema": C.Field("json"),
+    "config": C.Field("json"),
+    "meta": C.Field("json"),
+    "tags": C.Field(list, items=str),
+    "runtime_deps": C.Field(list, items=str),
+    "dependencies": C.Field(list, items=str),
+    "is_standard": C.Field(bool),
+}
+
+
+async def update_pack(request):
+    p = await C.require_auth(request)
+    raw = await C.read_json(request)
+    body = C.validate_body(raw, UPDATE_SPEC, "{}")
+    ref = request.path_params["ref"]
+    sets, params = [], []
+    if isinstance(raw, dict) and "description" in raw:
+        _present, value = U.tagged_patch(raw["description"], "description")
+        if value is not None and not isinstance(value, str):
+            raise C.PlainError(422, "Failed to deserialize the JSON body into the target type: "
+                                    "description.value: invalid type, expected a string at line 1 column 1")
+        sets.append("description = %s")
+        params.append(value)
+    for name in ("label", "version", "is_standard"):
+        if body.get(name) is not None:
+            sets.append(f"{name} = %s")
+            params.append(body[name])
+    for name in ("conf_schema", "config", "meta", "tags", "runtime_deps", "dependencies"):
+        if body.get(name) is not None:
+            sets.append(f"{name} = %s")
+            params.append(C_J(body[name]))
+
+    def work():
+        db = C.db(request)
+        row = load_visible_pack(db, p, ref)
+        U.rbac_authorize(db, p, "packs", "configure", ref=ref, pack_ref=ref,
+                         owner_identity=row.get("installed_by"))
+        if sets:
+            row = db.one(f"UPDATE pack SET {', '.join(sets)} WHERE id = %s RETURNING *",
+                         params + [row["id"]])
+        return C.ok(U.pack_response(row), message="Pack updated successfully")
+    return await U.sync(work)
+
+
+async def delete_pack(request):
+    p = await C.require_auth(request)
+    ref = request.path_params["ref"]
+
+    def work():
+        db = C.db(request)
+        row = load_visible_pack(db, p, ref)
+        U.rbac_authorize(db, p, "packs", "delete", ref=ref, pack_ref=ref,
+                         owner_identity=row.get("installed_by"))
+        rules = db.all("SELECT id, ref, trigger_ref FROM rule WHERE pack = %s", (row["id"],))
+        db.execute("DELETE FROM pack WHERE id = %s", (row["id"],))
+        base = _packs_base(request)
+        target = base / ref
+        if ref and target.resolve().parent == base.resolve() and target.exists():
+            shutil.rmtree(target, ignore_errors=True)
+        for r in rules:
+            C.publish(request, broker.EVENTS, "rule.deleted",
+                      {"rule_id": r["id"], "rule_ref": r["ref"], "trigger_ref": r["trigger_ref"]})
+        C.publish(request, broker.EVENTS, "pack.deleted", {"pack_ref": ref})
+        return C.success(f"Pack '{ref}' deleted successfully")
+    return await U.sync(work)
+
+
+# ------------------------------------------------------------------ register / upload
+REGISTER_SPEC = {
+    "path": C.Field(str, required=True, min_len=1),
+    "skip_tests": C.Field(bool, default=False, nullable=False),
+    "force": C.Field(bool, default=False, nullable=False),
+}
+
+
+def _pack_error(exc: packs_mod.PackError) -> C.ApiError:
+    return C.ApiError(exc.status, exc.message)
+
+
+async def register_pack(request):
+    p = await C.require_auth(request)
+    body = await C.read_json(request, REGISTER_SPEC)
+
+    def work():
+        db = C.db(request)
+        U.rbac_authorize(db, p, "packs", "install")
+        changes: list = []
+        try:
+            row = packs_mod.register_pack_dir(db, request.app.state.cfg, body["path"],
+                                              force=body["force"], skip_tests=body["skip_tests"],
+                                              is_standard=False, installed_by=None,
+                                              changes=changes)
+        except packs_mod.PackError as exc:
+            raise _pack_error(exc) from None
+        _publish_rule_changes(request, changes)
+        C.publish(request, broker.EVENTS, "pack.registered", {"pack_ref": row["ref"]})
+        return C.ok(U.pack_response(row), 201, "Pack registered successfully")
+    return await U.sync(work)
+
+
+def _truthy(value) -> bool:
+    return str(value or "").strip().lower() in ("true", "1", "yes")
+
+
+async def upload_pack(request):
+    p = await C.require_auth(request)
+    await U.sync(U.rbac_authorize, C.db(request), p, "packs", "install")
+    ctype = request.headers.get("content-type", "")
+    if not ctype.lower().startswith("multipart/form-data"):
+        raise C.bad_request("Expected multipart/form-data with a 'pack' field")
+    try:
+        form = await request.form()
+    except Exception as exc:  # malformed multipart
+        raise C.bad_request(f"Invalid multipart body: {exc}") from None
+    upload = form.get("pack")
+    if upload is None or isinstance(upload, str):
+        raise C.bad_request("Missing required 'pack' field in multipart upload")
+    data = await upload.read()
+    force = _truthy(form.get("force"))
+    skip_tests = _truthy(form.get("skip_tests"))
+
+    def work():
+        db = C.db(request)
+        base = _packs_base(request)
+        base.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".upload-", dir=base))
+        try:
+            try:
+                root = packs_mod.safe_extract_pack_archive(data, staging / "x")
+                meta = packs_mod.read_pack_yaml(root)
+            except packs_mod.PackError as exc:
+                raise _pack_error(exc) from None
+            ref = str(meta["ref"])
+            existing = db.one("SELECT id FROM pack WHERE ref = %s", (ref,))
+            if existing and not force:
+                raise C.conflict(f"Pack '{ref}' already exists. Use force=true to reinstall.")
+            if not ref or "/" in ref or ref.startswith("."):
+                raise C.bad_request(f"Invalid pack ref '{ref}'")
+            final = base / ref
+            trash = None
+            if final.exists():
+                trash = base / f".old-{ref}-{uuid.uuid4().hex}"
+                final.rename(trash)
+            shutil.move(str(root), str(final))
+            if trash is not None:
+                shutil.rmtree(trash, ignore_errors=True)
+            changes: list = []
+            try:
+                row = packs_mod.register_pack_dir(db, request.app.state.cfg, final, force=force,
+                                                  skip_tests=skip_tests, is_standard=False,
+                                                  installed_by=None, storage_path=str(final),
+                                                  changes=changes)
+            except packs_mod.PackError as exc:
+                raise _pack_error(exc) from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        _publish_rule_changes(request, changes)
+        C.publish(request, broker.EVENTS, "pack.registered", {"pack_ref": row["ref"]})
+        testing = meta.get("testing") if isinstance(meta.get("testing"), dict) else {}
+        tests_skipped = bool(skip_tests or not testing.get("enabled"))
+        return C.ok({"pack": U.pack_response(row), "test_result": None,
+                     "tests_skipped": tests_skipped},
+                    201, "Pack uploaded and registered successfully")
+    return await U.sync(work)
+
+
+# ------------------------------------------------------------------ per-pack lists
+def _pack_for_list(db, request, principal, ref):
+    row = db.one("SELECT * FROM pack WHERE ref = %s", (ref,))
+    if row is None or (U.owner_scoping(request) and not U.pack_visible(db, principal, row)):
+        raise C.not_found(f"Pack '{ref}' not found")
+    return row
+
+
+def _per_pack(sql_from: str, order: str, serializer):
+    async def handler(request):
+        p = await C.require_auth(request)
+        pg = C.page_params(request)
+        ref = request.path_params["ref"]
+
+        def work():
+            db = C.db(request)
+            pack = _pack_for_list(db, request, p, ref)
+            base = f"{sql_from} WHERE {sql_from.split()[-1]}.pack = %s"
+            total = U.count(db, base, [pack["id"]])
+            rows = db.all(f"{base} ORDER BY {order} LIMIT %s OFFSET %s",
+                          [pack["id"], pg.limit, pg.offset])
+            return C.paginated([serializer(r) for r in rows], pg.page, pg.size, total=total)
+        return await U.sync(work)
+    return handler
+
+
+async def list_pack_actions(request):
+    p = await C.require_auth(request)
+    pg = C.page_params(request)
+    ref = request.path_params["ref"]
+
+    def work():
+        db = C.db(request)
+        pack = _pack_for_list(db, request, p, ref)
+        base = f"{U.ACTION_SELECT} WHERE a.pack = %s"
+        total = U.count(db, base, [pack["id"]])
+        rows = db.all(f"{base} ORDER BY a.ref LIMIT %s OFFSET %s", [pack["id"], pg.limit, pg.offset])
+        return C.paginated([U.action_summary(r) for r in rows], pg.page, pg.size, total=total)
+    return await U.sync(work)
+
+
+list_pack_triggers = _per_pack("SELECT t.* FROM trigger t", "t.ref", U.trigger_summary)
+list_pack_sensors = _per_pack("SELECT s.* FROM sensor s", "s.ref", U.sensor_summary)
+list_pack_rules = _per_pack("SELECT r.* FROM rule r", "r.ref", U.rule_summary)
+list_pack_workflows = _per_pack("SELECT w.* FROM workflow_definition w", "w.ref", U.workflow_summary)
+
+
+ROUTES = [
+    Route("/api/v1/packs", list_packs, methods=["GET"]),
+    Route("/api/v1/packs", create_pack, methods=["POST"]),
+    Route("/api/v1/packs/register", register_pack, methods=["POST"]),
+    Route("/api/v1/packs/upload", upload_pack, methods=["POST"]),
+    Route("/api/v1/packs/{ref}", get_pack, methods=["GET"]),
+    Route("/api/v1/packs/{ref}", update_pack, methods=["PUT"]),
+    Route("/api/v1/packs/{ref}", delete_pack, methods=["DELETE"]),
+    Route("/api/v1/packs/{ref}/actions", list_pack_actions, methods=["GET"]),
+    Route("/api/v1/packs/{ref}/triggers", list_pack_triggers, methods=["GET"]),
+    Route("/api/v1/packs/{ref}/sensors", list_pack_sensors, methods=["GET"]),
+    Route("/api/v1/packs/{ref}/rules", list_pack_rules, methods=["GET"]),
+    Route("/api/v1/packs/{ref}/workflows", list_pack_workflows, methods=["GET"]),
+]

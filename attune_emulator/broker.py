@@ -1,0 +1,226 @@
+"""RabbitMQ messaging shared by the services (pika).
+
+Topology (exchange names as upstream; every message body is a JSON object):
+
+  attune.events (topic)
+    event.created          {"event_id", "trigger_ref"}                      -> executor.events
+    enforcement.created    {"enforcement_id"}                               -> executor.enforcements
+    rule.created|enabled|disabled|deleted  {"rule_id", "rule_ref", "trigger_ref"}
+                                                                            -> attune.rules.lifecycle.queue (sensor)
+    inquiry.responded      {"inquiry_id", "execution_id"}                   -> executor.inquiries
+    pack.registered|deleted {"pack_ref"}
+  attune.executions (topic)
+    execution.requested    {"execution_id"}                                 -> executor.requests
+    execution.dispatch.worker.<id>  {"execution_id"}                        -> worker.<id>.executions
+    execution.cancel.worker.<id>    {"execution_id"}                        -> worker.<id>.cancel
+    execution.completed    {"execution_id", "status"}                       -> executor.completions
+  attune.notifications (topic)  reserved; the notifier reads PostgreSQL LISTEN/NOTIFY
+
+Queues and exchanges are durable, messages persistent, so a restarted service picks up what was
+published while it was down. Consumers ack after their handler returns.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Callable
+
+import pika
+import pika.exceptions
+
+log = logging.getLogger(__name__)
+
+EVENTS = "attune.events"
+EXECUTIONS = "attune.executions"
+NOTIFICATIONS = "attune.notifications"
+DLX = "attune.dlx"
+EXCHANGES = (EVENTS, EXECUTIONS, NOTIFICATIONS)
+
+_CONNECTION_ERRORS = (pika.exceptions.AMQPError, OSError)
+
+
+def _params(url: str) -> pika.URLParameters:
+    params = pika.URLParameters(url)
+    params.heartbeat = 30
+    params.blocked_connection_timeout = 30
+    params.connection_attempts = 1
+    params.socket_timeout = 5
+    return params
+
+
+def declare_exchanges(channel) -> None:
+    for name in EXCHANGES:
+        channel.exchange_declare(exchange=name, exchange_type="topic", durable=True)
+    channel.exchange_declare(exchange=DLX, exchange_type="fanout", durable=True)
+
+
+class Publisher:
+    """Thread-safe publisher that reconnects on failure."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self._lock = threading.Lock()
+        self._conn: pika.BlockingConnection | None = None
+        self._channel = None
+
+    def _ensure(self):
+        if self._conn is None or self._conn.is_closed or self._channel is None or self._channel.is_closed:
+            self._conn = pika.BlockingConnection(_params(self.url))
+            self._channel = self._conn.channel()
+            declare_exchanges(self._channel)
+        return self._channel
+
+    def publish(self, exchange: str, routing_key: str, body: dict, attempts: int = 5) -> None:
+        payload = json.dumps(body, default=str).encode()
+        with self._lock:
+            for attempt in range(attempts):
+                try:
+                    self._ensure().basic_publish(
+                        exchange=exchange, routing_key=routing_key, body=payload,
+                        properties=pika.BasicProperties(content_type="application/json",
+                                                        delivery_mode=2))
+                    return
+                except _CONNECTION_ERRORS as exc:
+                    log.warning("publish %s/%s failed (%s); reconnecting", exchange, routing_key, exc)
+                    self._reset()
+                    if attempt == attempts - 1:
+                        raise
+                    time.sleep(min(0.2 * (2 ** attempt), 2.0))
+
+    def _reset(self):
+        try:
+            if self._conn is not None and self._conn.is_open:
+                self._conn.close()
+        except Exception:  # closing a broken connection may raise anything pika has
+            log.debug("closing a broken AMQP connection failed", exc_info=True)
+        self._conn = None
+        self._channel = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._reset()
+
+
+Handler = Callable[[str, dict], None]
+
+
+class Consumer(threading.Thread):
+    """Consumes one queue in a thread of its own, reconnecting until `stop()`.
+
+    `handler(routing_key, body)` runs in the consumer thread; the message is acked after it
+    returns. A handler that raises is logged and the message is rejected without requeue (it
+    would fail the same way again). With `manual_ack=True` the handler receives a third argument,
+    an `ack()` callable that is safe to call from any thread (for work handed to a pool).
+    """
+
+    def __init__(self, url: str, queue: str, bindings: list[tuple[str, str]], handler,
+                 prefetch: int = 1, durable: bool = True, exclusive: bool = False,
+                 auto_delete: bool = False, manual_ack: bool = False, name: str | None = None,
+                 queue_arguments: dict | None = None):
+        super().__init__(name=name or f"consumer-{queue}", daemon=True)
+        self.url = url
+        self.queue = queue
+        self.bindings = bindings
+        self.handler = handler
+        self.prefetch = prefetch
+        self.durable = durable
+        self.exclusive = exclusive
+        self.auto_delete = auto_delete
+        self.manual_ack = manual_ack
+        self.queue_arguments = queue_arguments
+        self._stop_event = threading.Event()
+        self._conn: pika.BlockingConnection | None = None
+        self.ready = threading.Event()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        conn = self._conn
+        if conn is not None:
+            try:
+                conn.add_callback_threadsafe(conn.close)
+            except Exception:  # the connection may already be gone
+                log.debug("consumer %s: close on stop failed", self.queue, exc_info=True)
+
+    def run(self) -> None:
+        backoff = 0.2
+        while not self._stop_event.is_set():
+            try:
+                self._consume()
+                backoff = 0.2
+            except _CONNECTION_ERRORS as exc:
+                if self._stop_event.is_set():
+                    break
+                log.warning("consumer %s lost its connection (%s); retrying in %.1fs",
+                            self.queue, exc, backoff)
+                self.ready.clear()
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    def _consume(self) -> None:
+        conn = pika.BlockingConnection(_params(self.url))
+        self._conn = conn
+        try:
+            channel = conn.channel()
+            declare_exchanges(channel)
+            channel.queue_declare(queue=self.queue, durable=self.durable, exclusive=self.exclusive,
+                                  auto_delete=self.auto_delete, arguments=self.queue_arguments)
+            for exchange, key in self.bindings:
+                channel.queue_bind(queue=self.queue, exchange=exchange, routing_key=key)
+            channel.basic_qos(prefetch_count=self.prefetch)
+
+            def on_message(ch, method, _props, body):
+                try:
+                    message = json.loads(body or b"{}")
+                except ValueError:
+                    log.error("queue %s: dropping a message that is not JSON: %r", self.queue, body[:200])
+                    ch.basic_reject(method.delivery_tag, requeue=False)
+                    return
+                tag = method.delivery_tag
+                if self.manual_ack:
+                    def ack(tag=tag):
+                        conn.add_callback_threadsafe(lambda: ch.is_open and ch.basic_ack(tag))
+                    try:
+                        self.handler(method.routing_key, message, ack)
+                    except Exception:
+                        log.exception("queue %s: handler failed for %s", self.queue, message)
+                        ack()
+                    return
+                try:
+                    self.handler(method.routing_key, message)
+                except Exception:
+                    log.exception("queue %s: handler failed for %s", self.queue, message)
+                    ch.basic_reject(tag, requeue=False)
+                    return
+                ch.basic_ack(tag)
+
+            channel.basic_consume(queue=self.queue, on_message_callback=on_message)
+            self.ready.set()
+            while not self._stop_event.is_set() and conn.is_open:
+                conn.process_data_events(time_limit=0.5)
+        finally:
+            self.ready.clear()
+            self._conn = None
+            if conn.is_open:
+                try:
+                    conn.close()
+                except _CONNECTION_ERRORS:
+                    pass
+
+
+def wait_for_broker(url: str, timeout: float = 30.0) -> None:
+    """Block until RabbitMQ accepts a connection, or raise with the last error."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            conn = pika.BlockingConnection(_params(url))
+            ch = conn.channel()
+            declare_exchanges(ch)
+            conn.close()
+            return
+        except _CONNECTION_ERRORS as exc:
+            last = exc
+            time.sleep(0.3)
+    raise RuntimeError(f"RabbitMQ at {url} not reachable after {timeout:.0f}s: {last!r}")

@@ -1,0 +1,115 @@
+"""The executor service: `python -m attune_emulator executor --config FILE`.
+
+Consumers (durable queues, as upstream):
+  executor.events        <- event.created        rule matching, enforcements   (events.py)
+  executor.enforcements  <- enforcement.created  executions                    (enforcements.py)
+  executor.requests      <- execution.requested  scheduling, workflow start    (scheduler.py)
+  executor.completions   <- execution.completed  workflow advancement          (workflows.py)
+  executor.inquiries     <- inquiry.responded    inquiry task completion       (workflows.py)
+plus the timeout monitor (monitor.py). On start, executions left in `requested` (and enforcements
+left in `created`) are re-published; claims make a duplicate harmless. SIGTERM/SIGINT stop the
+consumers gracefully.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+
+from .. import broker
+from ..db import Database
+from . import enforcements, events, scheduler, workflows
+from .common import Ctx
+from .monitor import TimeoutMonitor
+
+log = logging.getLogger(__name__)
+
+QUEUES = [
+    ("executor.events", broker.EVENTS, "event.created", events.handle_event_created),
+    ("executor.enforcements", broker.EVENTS, "enforcement.created",
+     enforcements.handle_enforcement_created),
+    ("executor.requests", broker.EXECUTIONS, "execution.requested",
+     scheduler.handle_execution_requested),
+    ("executor.completions", broker.EXECUTIONS, "execution.completed",
+     workflows.handle_execution_completed),
+    ("executor.inquiries", broker.EVENTS, "inquiry.responded", workflows.handle_inquiry_responded),
+]
+
+
+def recover(ctx: Ctx) -> None:
+    """Re-drive work left behind by a previous executor process."""
+    reset = ctx.db.all(
+        "UPDATE execution e SET status = 'requested' WHERE e.status = 'scheduling'"
+        " AND NOT EXISTS (SELECT 1 FROM workflow_execution w WHERE w.execution = e.id)"
+        " RETURNING id")
+    if reset:
+        log.info("recovery: %d execution(s) left in 'scheduling' reset to 'requested': %s",
+                 len(reset), [r["id"] for r in reset])
+    enfs = ctx.db.all("SELECT id FROM enforcement WHERE status = 'created' ORDER BY id")
+    for row in enfs:
+        ctx.enforcement_created(row["id"])
+    rows = ctx.db.all("SELECT id FROM execution WHERE status = 'requested' ORDER BY id")
+    for row in rows:
+        ctx.execution_requested(row["id"])
+    if enfs or rows:
+        log.info("recovery: re-published %d enforcement(s) and %d requested execution(s)",
+                 len(enfs), len(rows))
+
+
+def main(cfg) -> int:
+    if not cfg.has_section("message_queue") or not cfg.amqp_url:
+        print("attune executor: configuration has no 'message_queue' section (message_queue.url); "
+              "the executor cannot run without RabbitMQ", file=sys.stderr)
+        log.error("message_queue configuration missing; executor exiting")
+        return 1
+    url = cfg.amqp_url
+    db = Database.from_config(cfg)
+    try:
+        broker.wait_for_broker(url, timeout=30)
+    except RuntimeError as exc:
+        log.error("%s", exc)
+        return 1
+    publisher = broker.Publisher(url)
+    ctx = Ctx(cfg, db, publisher)
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        log.info("received %s; shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    consumers = []
+    for queue, exchange, key, handler in QUEUES:
+        def wrapped(_rk, body, handler=handler):
+            handler(ctx, body)
+        consumer = broker.Consumer(url, queue, [(exchange, key)], wrapped, prefetch=1,
+                                   name=f"executor-{queue}")
+        consumer.start()
+        consumers.append(consumer)
+    for consumer in consumers:
+        consumer.ready.wait(timeout=15)
+    monitor = TimeoutMonitor(ctx)
+    if cfg.get("executor.enable_timeout_monitor", True):
+        monitor.start()
+    try:
+        recover(ctx)
+    except Exception:
+        log.exception("recovery of pending work failed")
+    log.info("executor ready (%d consumers, worker heartbeat timeout %ss)", len(consumers),
+             cfg.get("executor.worker_heartbeat_timeout", 90))
+    while not stop.wait(0.5):
+        pass
+    ctx.stopping.set()
+    monitor.stop()
+    for consumer in consumers:
+        consumer.stop()
+    for consumer in consumers:
+        consumer.join(timeout=10)
+    ctx.cancel_timers()
+    publisher.close()
+    db.close()
+    log.info("executor stopped")
+    return 0

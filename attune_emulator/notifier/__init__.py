@@ -1,0 +1,1 @@
+"""attune_emulator.notifier service."""

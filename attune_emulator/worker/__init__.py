@@ -1,0 +1,1 @@
+"""attune_emulator.worker service."""

@@ -1,0 +1,167 @@
+"""Per-pack runtime environments: Python virtualenvs and Node.js node_modules.
+
+Layout (as upstream): `<runtime_envs_dir>/<pack_ref>/python` and `<runtime_envs_dir>/<pack_ref>/node`.
+An environment is (re)built only when the SHA-256 of its manifest (`requirements.txt`,
+`package.json`) differs from the one recorded in the marker file `.attune_deps_installed`. A lock
+per environment directory (a thread lock plus an `flock` on `<env>.lock`, so workers sharing the
+directory agree) serialises creation.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MARKER = ".attune_deps_installed"
+INSTALL_TIMEOUT = 900
+
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+class EnvError(Exception):
+    """Building an environment failed; the message carries the installer's stderr tail."""
+
+
+@contextlib.contextmanager
+def env_lock(env_dir: Path):
+    key = str(env_dir)
+    with _locks_guard:
+        lock = _locks.setdefault(key, threading.Lock())
+    with lock:
+        env_dir.parent.mkdir(parents=True, exist_ok=True)
+        with open(str(env_dir) + ".lock", "a+") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def manifest_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _tail(text: str, lines: int = 15, chars: int = 4000) -> str:
+    tail = "\n".join(text.strip().splitlines()[-lines:])
+    return tail[-chars:]
+
+
+def _run(argv: list[str], cwd: Path | None, what: str, env: dict | None = None) -> None:
+    log.info("%s: running %s", what, " ".join(argv))
+    try:
+        proc = subprocess.run(argv, cwd=str(cwd) if cwd else None, env=env,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=INSTALL_TIMEOUT, start_new_session=True)
+    except subprocess.TimeoutExpired as exc:
+        raise EnvError(f"{what}: timed out after {INSTALL_TIMEOUT}s") from exc
+    except OSError as exc:
+        raise EnvError(f"{what}: {exc}") from exc
+    if proc.returncode != 0:
+        tail = _tail(proc.stderr or proc.stdout or "")
+        raise EnvError(f"{what} failed (exit {proc.returncode}): {tail}")
+
+
+def _marker_matches(env_dir: Path, digest: str) -> bool:
+    marker = env_dir / MARKER
+    try:
+        return marker.read_text().strip() == digest
+    except OSError:
+        return False
+
+
+_pip_target_support: dict[str, bool] = {}
+
+
+def _base_pip_can_target(base_python: str) -> bool:
+    """pip >= 22.3 installs into another interpreter's environment with `--python`."""
+    if base_python not in _pip_target_support:
+        ok = False
+        try:
+            out = subprocess.run([base_python, "-m", "pip", "--version"], capture_output=True,
+                                 text=True, timeout=60)
+            parts = out.stdout.split()
+            if out.returncode == 0 and len(parts) > 1:
+                major, minor = (int(x) for x in parts[1].split(".")[:2])
+                ok = (major, minor) >= (22, 3)
+        except (OSError, ValueError, subprocess.SubprocessError):
+            ok = False
+        _pip_target_support[base_python] = ok
+    return _pip_target_support[base_python]
+
+
+def ensure_python_env(runtime_envs_dir: str, pack_ref: str, pack_dir: Path,
+                      base_python: str) -> Path | None:
+    """The virtualenv's python for a pack with `requirements.txt`, else None (use plain python3)."""
+    req = pack_dir / "requirements.txt"
+    if not req.is_file():
+        return None
+    env_dir = Path(runtime_envs_dir) / pack_ref / "python"
+    python = env_dir / "bin" / "python"
+    digest = manifest_hash(req)
+    if _marker_matches(env_dir, digest) and python.exists():
+        return python
+    with env_lock(env_dir):
+        if _marker_matches(env_dir, digest) and python.exists():
+            return python
+        if env_dir.exists():
+            log.info("pack %s: requirements.txt changed (sha256 %s); rebuilding %s",
+                     pack_ref, digest[:12], env_dir)
+            shutil.rmtree(env_dir, ignore_errors=True)
+        else:
+            log.info("pack %s: creating virtualenv %s", pack_ref, env_dir)
+        if _base_pip_can_target(base_python):
+            # Fast path: a venv without its own pip, filled by the base interpreter's pip.
+            _run([base_python, "-m", "venv", "--without-pip", str(env_dir)], None,
+                 f"python venv for pack '{pack_ref}'")
+            _run([base_python, "-m", "pip", "--python", str(python), "install",
+                  "--disable-pip-version-check", "-r", str(req)],
+                 pack_dir, f"pip install for pack '{pack_ref}'")
+        else:
+            _run([base_python, "-m", "venv", str(env_dir)], None,
+                 f"python venv for pack '{pack_ref}'")
+            _run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-r",
+                  str(req)], pack_dir, f"pip install for pack '{pack_ref}'")
+        (env_dir / MARKER).write_text(digest + "\n")
+        log.info("pack %s: python dependencies installed (sha256 %s)", pack_ref, digest[:12])
+    return python
+
+
+def ensure_node_env(runtime_envs_dir: str, pack_ref: str, pack_dir: Path, npm: str) -> Path | None:
+    """`<env>/node_modules` for a pack with `package.json`, else None."""
+    manifest = pack_dir / "package.json"
+    if not manifest.is_file():
+        return None
+    env_dir = Path(runtime_envs_dir) / pack_ref / "node"
+    modules = env_dir / "node_modules"
+    digest = manifest_hash(manifest)
+    if _marker_matches(env_dir, digest) and modules.is_dir():
+        return modules
+    with env_lock(env_dir):
+        if _marker_matches(env_dir, digest) and modules.is_dir():
+            return modules
+        if env_dir.exists():
+            log.info("pack %s: package.json changed (sha256 %s); rebuilding %s",
+                     pack_ref, digest[:12], env_dir)
+            shutil.rmtree(env_dir, ignore_errors=True)
+        else:
+            log.info("pack %s: installing node modules into %s", pack_ref, env_dir)
+        env_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(manifest, env_dir / "package.json")
+        lock_file = pack_dir / "package-lock.json"
+        if lock_file.is_file():
+            shutil.copy2(lock_file, env_dir / "package-lock.json")
+        _run([npm, "install", "--no-audit", "--no-fund", "--prefix", str(env_dir)], env_dir,
+             f"npm install for pack '{pack_ref}'", env=dict(os.environ))
+        modules.mkdir(exist_ok=True)
+        (env_dir / MARKER).write_text(digest + "\n")
+        log.info("pack %s: node dependencies installed (sha256 %s)", pack_ref, digest[:12])
+    return modules
