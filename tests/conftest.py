@@ -31,9 +31,11 @@ log = logging.getLogger("attune-e2e")
 ROOT = Path(__file__).resolve().parent.parent
 E2E_DIR = ROOT / "tests" / "e2e"
 FIXTURE_PACKS = ROOT / "tests" / "fixtures" / "packs"
-CONFIG_FILE = "config.e2e.yaml"
-STATE_DIR = ".state"
-REPORTS_DIR = "reports"
+# A private stack (own ports, state and reports) for parallel development: point these at a copy
+# of config.e2e.yaml with other ports. Relative paths are taken from the repository root.
+CONFIG_FILE = os.environ.get("ATTUNE_E2E_CONFIG", "config.e2e.yaml")
+STATE_DIR = os.environ.get("ATTUNE_E2E_STATE_DIR", ".state")
+REPORTS_DIR = os.environ.get("ATTUNE_E2E_REPORTS_DIR", "reports")
 WORKERS_ENV = "ATTUNE_E2E_WORKERS"
 
 
@@ -119,7 +121,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
     tr = config.pluginmanager.get_plugin("terminalreporter")
     say = tr.write_line if tr is not None else print
-    say("attune-e2e: starting the embedded stack (config.e2e.yaml) ...")
+    say(f"attune-e2e: starting the embedded stack ({CONFIG_FILE}) ...")
     stack = EmbeddedStack(str(ROOT / CONFIG_FILE), str(ROOT / STATE_DIR), str(ROOT / REPORTS_DIR))
     started = time.monotonic()
     try:

@@ -30,6 +30,11 @@ from tests.helpers import timeline
 
 E2E_PREFIX = "tests/e2e/"
 STACK_START_ENV = "ATTUNE_E2E_STACK_START_S"
+
+
+def reports_dir(config) -> Path:
+    """`reports/` under the repository root, or `$ATTUNE_E2E_REPORTS_DIR` (a private stack's)."""
+    return Path(config.rootpath) / os.environ.get("ATTUNE_E2E_REPORTS_DIR", "reports")
 TIER_TITLES = {"tier1": "Core Flows", "tier2": "Orchestration", "tier3": "Advanced"}
 ICONS = {"passed": "✅", "failed": "❌", "skipped": "⏭️", "xfailed": "✅", "xpassed": "✅",
          "error": "❌"}
@@ -421,7 +426,7 @@ class DiagnosticsWriter:
 
     def __init__(self, config: pytest.Config):
         self.config = config
-        self.base = Path(config.rootpath) / "reports"
+        self.base = reports_dir(config)
 
     @pytest.hookimpl(hookwrapper=True, tryfirst=True)
     def pytest_runtest_protocol(self, item, nextitem):
@@ -512,7 +517,7 @@ class TierReport:
                 return float(value)
             except ValueError:
                 pass
-        path = Path(self.config.rootpath) / "reports" / "stack.json"
+        path = reports_dir(self.config) / "stack.json"
         try:
             return float(json.loads(path.read_text()).get("start_seconds"))
         except Exception:
@@ -537,7 +542,7 @@ class TierReport:
             return
         self.report = build_report(results, started=self.started, finished=time.time(),
                                    stack_start_s=self._stack_start(), target=self._target())
-        out = Path(self.config.rootpath) / "reports"
+        out = reports_dir(self.config)
         out.mkdir(parents=True, exist_ok=True)
         txt, js = out / "tier_report.txt", out / "tier_report.json"
         txt.write_text(format_report(self.report), encoding="utf-8")
