@@ -19,6 +19,7 @@ Sets up what the suite needs, then runs pytest from the repository root:
      `postgresql rabbitmq-server bubblewrap` with apt-get (as root; otherwise it stops and says
      what to install). System services are not started: the suite runs its own PostgreSQL and
      RabbitMQ on the configured ports, with data under .state/. Reports whether node/npm exist.
+     Skipped when ATTUNE_API_URL names an external target (nothing is started then).
   2. Python: creates .venv (python3 -m venv) if missing and installs requirements.txt and
      requirements-test.txt whenever their SHA-256 changed.
   3. pytest: `.venv/bin/python -m pytest ARGS`. Without path arguments, pytest.ini's testpaths
@@ -40,6 +41,7 @@ Environment:
   ATTUNE_E2E_CONFIG      configuration file (default: config.e2e.yaml)
   ATTUNE__SECTION__KEY   configuration overrides, e.g. ATTUNE__DATABASE__URL
   ATTUNE_E2E_SKIP_APT=1  never call apt-get
+  ATTUNE_API_URL         test this external deployment instead (see README: ATTUNE_WS_URL, DATABASE_URL)
 EOF
 }
 
@@ -89,14 +91,19 @@ step "[1/3] system packages"
 read -r PG_HOST PG_PORT <<<"$(url_hostport ATTUNE__DATABASE__URL 'postgres(ql)?')" || true
 read -r MQ_HOST MQ_PORT <<<"$(url_hostport ATTUNE__MESSAGE_QUEUE__URL 'amqps?')" || true
 MISSING=()
-if have_pg_server; then
+if [ -n "${ATTUNE_API_URL:-}" ]; then
+    # External target: the suite starts nothing, so no database or broker server is needed here.
+    info "external target ${ATTUNE_API_URL}: PostgreSQL and RabbitMQ servers not needed"
+elif have_pg_server; then
     info "PostgreSQL server: $(compgen -G '/usr/lib/postgresql/*/bin/postgres' | sort -V | tail -n1 || command -v postgres)"
 elif answers "${PG_HOST:-}" "${PG_PORT:-}"; then
     info "PostgreSQL server: not installed, but ${PG_HOST}:${PG_PORT} answers (using it)"
 else
     MISSING+=(postgresql)
 fi
-if have_rabbitmq; then
+if [ -n "${ATTUNE_API_URL:-}" ]; then
+    :
+elif have_rabbitmq; then
     info "RabbitMQ server: installed"
 elif answers "${MQ_HOST:-}" "${MQ_PORT:-}"; then
     info "RabbitMQ server: not installed, but ${MQ_HOST}:${MQ_PORT} answers (using it)"

@@ -343,6 +343,7 @@ class _Loader:
                 "worker_affinity": J(_obj_or_none(d.get("worker_affinity"))),
                 "timeout_seconds": _positive_int(d.get("timeout")),
                 "max_retries": _retry_count(d.get("retry")),
+                "retry_policy": _retry_policy(ref, d.get("retry"), self.warn),  # extension E2
             }
             wf_file = _str(d.get("workflow_file"))
             if wf_file:
@@ -488,6 +489,20 @@ def _positive_int(value: Any) -> int | None:
     except (TypeError, ValueError):
         return None
     return n if n >= 1 else None
+
+
+def _retry_policy(ref: str, value: Any, warn) -> Any:
+    """Extension E2: an action's YAML `retry:` object as stored in `action.retry_policy`
+    (None when absent; a malformed one is reported and ignored)."""
+    from .executor.retries import RetryPolicyError, parse_policy
+    if value is None:
+        return None
+    try:
+        policy = parse_policy(_plain(value))
+    except RetryPolicyError as exc:
+        warn(f"action {ref}: {exc}; retry policy ignored")
+        return None
+    return J(policy) if policy else None
 
 
 def _retry_count(value: Any) -> int | None:

@@ -563,3 +563,10 @@ END $$ LANGUAGE plpgsql;
 DROP TRIGGER IF EXISTS inquiry_notify ON inquiry;
 CREATE TRIGGER inquiry_notify AFTER INSERT OR UPDATE ON inquiry
     FOR EACH ROW EXECUTE FUNCTION attune.notify_inquiry();
+
+-- Extension E2 action_retry: the action-level retry policy {count, delay, backoff, max_delay?}
+-- (the same object as a workflow task `retry`); NULL = no retries, as upstream.
+ALTER TABLE action ADD COLUMN IF NOT EXISTS retry_policy JSONB;
+
+-- Extension E7 key_expiry: a key is absent everywhere at or after expires_at (purged lazily).
+ALTER TABLE key ADD COLUMN IF NOT EXISTS expires_at TIMESTAMPTZ;

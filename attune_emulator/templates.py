@@ -5,6 +5,7 @@ Only `{{ dotted.path }}` substitution; no expressions, filters or defaults. Root
     event.payload.*, event.id, event.trigger (the trigger ref), event.created (RFC 3339)
     pack.config.*                        the rule's pack config
     system.timestamp, system.rule.id, system.rule.ref
+    keystore.<name>.*                    extension E9 `template_context`: system and rule-pack keys
 
 Numeric path segments index arrays. A string that is exactly one template keeps the resolved
 JSON type; otherwise values are interpolated (containers as compact JSON, null as ""). An unknown
@@ -33,8 +34,9 @@ def _iso(value: Any) -> Any:
 
 
 def build_context(event: dict, pack_config: dict | None, rule: dict | None,
-                  now: _dt.datetime | None = None) -> dict:
-    """The three namespaces as plain JSON: {"event": {...}, "pack_config": ..., "system": {...}}."""
+                  now: _dt.datetime | None = None, keystore: dict | None = None) -> dict:
+    """The namespaces as plain JSON: {"event": {...}, "pack_config": ..., "system": {...}} plus
+    "keystore" (name -> decrypted value) when given (E9)."""
     event = event or {}
     ev: dict[str, Any] = {"payload": event.get("payload")}
     if event.get("id") is not None:
@@ -48,8 +50,11 @@ def build_context(event: dict, pack_config: dict | None, rule: dict | None,
     rule = rule or {}
     system = {"timestamp": _iso(now),
               "rule": {"id": rule.get("id"), "ref": rule.get("ref")}}
-    return {"event": ev, "pack_config": pack_config if pack_config is not None else {},
-            "system": system}
+    ctx = {"event": ev, "pack_config": pack_config if pack_config is not None else {},
+           "system": system}
+    if keystore is not None:
+        ctx["keystore"] = keystore
+    return ctx
 
 
 def _walk(root: Any, parts: list[str]) -> Any:
@@ -84,6 +89,8 @@ def lookup(path: str, ctx: dict) -> Any:
         return _walk(ctx["pack_config"], parts[2:])
     if head == "system":
         return _walk(ctx["system"], parts[1:])
+    if head == "keystore" and ctx.get("keystore") is not None:
+        return _walk(ctx["keystore"], parts[1:])
     log.warning("unknown template source %r in {{ %s }}", head, path)
     return _MISSING
 
@@ -135,8 +142,8 @@ def render(value: Any, ctx: dict) -> Any:
 
 
 def render_action_params(params: Any, event: dict, pack_config: dict | None, rule: dict | None,
-                         now: _dt.datetime | None = None) -> Any:
+                         now: _dt.datetime | None = None, keystore: dict | None = None) -> Any:
     """Render a rule's `action_params` for one event (the enforcement's `config`)."""
     if params is None:
         return {}
-    return render(params, build_context(event, pack_config, rule, now))
+    return render(params, build_context(event, pack_config, rule, now, keystore))

@@ -117,10 +117,11 @@ def action_response(r: dict) -> dict:
          "worker_affinity": r["worker_affinity"],
          "default_execution_permission_set_refs": r["default_execution_permission_set_refs"],
          "timeout_seconds": r.get("timeout_seconds"),
+         "retry": r.get("retry_policy"),  # extension E2 action_retry
          "created": iso(r["created"]), "updated": iso(r["updated"])}
     omit_empty(d, "runtime_ref", "runtime_version_constraint", "required_worker_runtimes",
                "worker_selector", "worker_tolerations", "worker_affinity", "workflow_def",
-               "default_execution_permission_set_refs", "timeout_seconds")
+               "default_execution_permission_set_refs", "timeout_seconds", "retry")
     return d
 
 

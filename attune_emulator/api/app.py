@@ -228,7 +228,7 @@ def active_extensions(cfg) -> list[str]:
     """Behaviour beyond upstream that this stack provides (scenarios.md section b), advertised in
     `GET /health/detailed` so a suite can tell which extension tests this target supports.
     Config-gated ones appear only when switched on; their defaults give upstream behaviour."""
-    extensions = ["action_timeout", "timer_params"]
+    extensions = ["action_retry", "action_timeout", "key_expiry", "template_context", "timer_params"]
     if cfg.get("security.owner_scoped_resources", False):
         extensions.append("owner_scoping")
     if cfg.get("security.rbac_all_mutations", False):

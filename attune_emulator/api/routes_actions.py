@@ -4,6 +4,7 @@ from __future__ import annotations
 from starlette.routing import Route
 
 from ..db import J
+from ..executor.retries import RetryPolicyError, parse_policy
 from . import common as C
 from . import apib_util as U
 
@@ -113,7 +114,16 @@ CREATE_SPEC = {
     "artifact_retention_limit": C.Field(int, min_value=1),
     "log_retention_limit": C.Field(int, min_value=1),
     "timeout_seconds": C.Field(int, min_value=1),
+    "retry": C.Field(dict),  # extension E2 action_retry
 }
+
+
+def _retry_policy(value):
+    """E2: the normalised `retry` object (None stays None); malformed -> 422 VALIDATION_ERROR."""
+    try:
+        return parse_policy(value)
+    except RetryPolicyError as exc:
+        raise C.validation_error(f"Invalid retry policy: {exc}") from None
 
 
 def resolve_runtime_field(db, runtime_id, runtime_ref):
@@ -133,6 +143,7 @@ def resolve_runtime_field(db, runtime_id, runtime_ref):
 async def create_action(request):
     p = await C.require_auth(request)
     body = await C.read_json(request, CREATE_SPEC)
+    retry = _retry_policy(body["retry"])
 
     def work():
         db = C.db(request)
@@ -150,14 +161,18 @@ async def create_action(request):
             """INSERT INTO action (ref, pack, pack_ref, label, description, entrypoint, runtime,
                    runtime_version_constraint, param_schema, out_schema, is_adhoc,
                    required_worker_runtimes, worker_selector, worker_tolerations, worker_affinity,
-                   accesses_mcp, default_execution_permission_set_refs, timeout_seconds)
-               VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,true,%s,%s,%s,%s,%s,%s,%s) RETURNING id""",
+                   accesses_mcp, default_execution_permission_set_refs, timeout_seconds,
+                   retry_policy, max_retries)
+               VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,true,%s,%s,%s,%s,%s,%s,%s,%s,%s)
+               RETURNING id""",
             (ref, pack["id"], pack["ref"], body["label"], body["description"], body["entrypoint"],
              runtime["id"] if runtime else None, body["runtime_version_constraint"],
              J(body["param_schema"]), J(body["out_schema"]),
              J(body["required_worker_runtimes"] or {}), J(body["worker_selector"] or {}),
              J(body["worker_tolerations"] or []), J(body["worker_affinity"]),
-             bool(body["accesses_mcp"]), J(psrefs), body["timeout_seconds"]))
+             bool(body["accesses_mcp"]), J(psrefs), body["timeout_seconds"],
+             J(retry) if retry else None,
+             retry["count"] if retry else None))
         row = db.one(f"{U.ACTION_SELECT} WHERE a.id = %s", (row["id"],))
         return C.ok(U.action_response(row), 201, "Action created successfully")
     return await U.sync(work)
@@ -179,6 +194,7 @@ UPDATE_SPEC = {
     "accesses_mcp": C.Field(bool),
     "default_execution_permission_set_refs": C.Field(list, items=str),
     "timeout_seconds": C.Field(int, min_value=1),
+    "retry": C.Field(dict),  # extension E2 action_retry; null clears it
 }
 
 
@@ -190,6 +206,7 @@ async def update_action(request):
     rvc = None
     if "runtime_version_constraint" in raw:
         rvc = U.tagged_patch(raw["runtime_version_constraint"], "runtime_version_constraint")
+    retry = _retry_policy(body.get("retry")) if isinstance(raw, dict) and "retry" in raw else None
 
     def work():
         db = C.db(request)
@@ -226,6 +243,11 @@ async def update_action(request):
         if "timeout_seconds" in raw:
             sets.append("timeout_seconds = %s")
             params.append(body["timeout_seconds"])
+        if "retry" in raw:
+            sets.append("retry_policy = %s")
+            params.append(J(retry) if retry else None)
+            sets.append("max_retries = %s")
+            params.append(retry["count"] if retry else None)
         if sets:
             db.execute(f"UPDATE action SET {', '.join(sets)} WHERE id = %s", params + [row["id"]])
         row = db.one(f"{U.ACTION_SELECT} WHERE a.id = %s", (row["id"],))

@@ -4,9 +4,15 @@ Encrypted values are stored as a JSON string (crypto.encrypt_value) plus `encryp
 Reads return the decrypted value only with `keys:decrypt`, otherwise `value: null` (still 200).
 Keys owned by another identity are hidden (404 / dropped from lists) unless an owner-scoped grant
 covers them.
+
+Extension E7 `key_expiry`: an optional `expires_at` (RFC 3339; in the future on create; tagged patch
+`{"op": "set", "value": ...}` / `{"op": "clear"}` on update; omitted from answers when null). At or
+after it the key is absent everywhere (GET/PUT/DELETE 404, dropped from lists, no ambient injection,
+no `keystore`); expired rows are purged lazily, so the ref can be created again.
 """
 from __future__ import annotations
 
+import datetime as _dt
 import logging
 
 from starlette.requests import Request
@@ -18,7 +24,7 @@ from ..db import J
 from . import rbac
 from .common import (ApiError, Field, Principal, bad_request, check_rules, conflict, not_found,
                      ok, page_params, paginated, query_str, read_json, require_auth, run_sync,
-                     success, ts)
+                     success, ts, validation_error)
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +39,24 @@ CREATE_SPEC = {
     "name": Field(str, required=True, min_len=1, max_len=255),
     "value": Field("json", required=True),
     "encrypted": Field(bool, nullable=False, default=False),
+    "expires_at": Field(str),
 }
 UPDATE_SPEC = {"name": Field(str, min_len=1, max_len=255), "value": Field("json"),
-               "encrypted": Field(bool)}
+               "encrypted": Field(bool), "expires_at": Field(dict)}
 
 
 # ------------------------------------------------------------------------------ helpers
 
+def _with_expiry(out: dict, row: dict) -> dict:
+    if row.get("expires_at") is not None:
+        out["expires_at"] = ts(row["expires_at"])
+    return out
+
+
 def _summary(row: dict) -> dict:
-    return {"id": row["id"], "ref": row["ref"], "owner_type": row["owner_type"],
-            "owner": row["owner"], "name": row["name"], "encrypted": row["encrypted"],
-            "created": ts(row["created"])}
+    return _with_expiry({"id": row["id"], "ref": row["ref"], "owner_type": row["owner_type"],
+                         "owner": row["owner"], "name": row["name"], "encrypted": row["encrypted"],
+                         "created": ts(row["created"])}, row)
 
 
 def _response(row: dict, value) -> dict:
@@ -53,6 +66,7 @@ def _response(row: dict, value) -> dict:
             "owner_action": row["owner_action"], "owner_action_ref": row["owner_action_ref"],
             "owner_sensor": row["owner_sensor"], "owner_sensor_ref": row["owner_sensor_ref"],
             "name": row["name"], "encrypted": row["encrypted"], "value": value,
+            **_with_expiry({}, row),
             "created": ts(row["created"]), "updated": ts(row["updated"])}
 
 
@@ -93,8 +107,49 @@ def _audit(db, principal: Principal, event_type: str, row: dict) -> None:
         log.debug("could not record %s", event_type, exc_info=True)
 
 
+def parse_expiry(value: str) -> _dt.datetime:
+    """An RFC 3339 timestamp with an offset (or `Z`) that lies in the future (E7)."""
+    try:
+        when = _dt.datetime.fromisoformat(str(value).strip().replace("z", "Z"))
+    except ValueError:
+        raise validation_error(f"Invalid expires_at '{value}': expected an RFC 3339 timestamp") \
+            from None
+    if when.tzinfo is None:
+        raise validation_error(f"Invalid expires_at '{value}': the timestamp needs a UTC offset")
+    if when <= _dt.datetime.now(_dt.timezone.utc):
+        raise validation_error(f"Invalid expires_at '{value}': must be in the future")
+    return when
+
+
+def _expiry_patch(patch: dict | None):
+    """The update's tagged patch -> (changed?, new value or None)."""
+    if patch is None:
+        return False, None
+    op = patch.get("op")
+    if op == "clear":
+        return True, None
+    if op == "set" and isinstance(patch.get("value"), str):
+        return True, parse_expiry(patch["value"])
+    raise validation_error("Invalid expires_at: expected {\"op\": \"set\", \"value\": "
+                           "\"<RFC 3339>\"} or {\"op\": \"clear\"}")
+
+
+def purge_expired(db, key_ref: str | None = None) -> int:
+    """Delete keys whose `expires_at` has passed (all of them, or the one with `key_ref`)."""
+    if key_ref is None:
+        n = db.execute("DELETE FROM key WHERE expires_at IS NOT NULL AND expires_at <= now()")
+    else:
+        n = db.execute("DELETE FROM key WHERE ref = %s AND expires_at IS NOT NULL"
+                       " AND expires_at <= now()", (key_ref,))
+    if n:
+        log.info("purged %d expired key(s)%s", n, f" ({key_ref})" if key_ref else "")
+    return n
+
+
 def _find(db, key_ref: str) -> dict | None:
-    return db.one("SELECT * FROM key WHERE ref = %s", (key_ref,))
+    purge_expired(db, key_ref)
+    return db.one("SELECT * FROM key WHERE ref = %s"
+                  " AND (expires_at IS NULL OR expires_at > now())", (key_ref,))
 
 
 def _visible_or_404(db, principal: Principal, key_ref: str, grants: list) -> dict:
@@ -139,7 +194,8 @@ async def list_keys(request: Request) -> Response:
         if not principal.skips_rbac and not any(
                 g.get("resource") == "keys" and "read" in (g.get("actions") or []) for g in grants):
             raise rbac.denied("keys", "read")
-        where, params = [], []
+        purge_expired(db)
+        where, params = ["(expires_at IS NULL OR expires_at > now())"], []
         if owner_type is not None:
             where.append("owner_type = %s")
             params.append(owner_type)
@@ -192,6 +248,8 @@ async def create_key(request: Request) -> Response:
                        owner_type=body["owner_type"], owner_identity=body["owner_identity"],
                        owner_ref=owner_ref, encrypted=bool(body["encrypted"]))
         check_rules(body, CREATE_SPEC)
+        expires_at = parse_expiry(body["expires_at"]) if body["expires_at"] is not None else None
+        purge_expired(db)
         if _find(db, body["ref"]) is not None:
             raise conflict(f"Key with ref '{body['ref']}' already exists")
         resolved = _resolve_owner(db, body)
@@ -202,12 +260,12 @@ async def create_key(request: Request) -> Response:
         row = db.one(
             """INSERT INTO key (ref, owner_type, owner, owner_identity, owner_pack, owner_pack_ref,
                                 owner_action, owner_action_ref, owner_sensor, owner_sensor_ref,
-                                name, encrypted, encryption_key_hash, value)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING *""",
+                                name, encrypted, encryption_key_hash, value, expires_at)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING *""",
             (body["ref"], body["owner_type"], body["owner"], resolved["owner_identity"],
              resolved["owner_pack"], resolved["owner_pack_ref"], resolved["owner_action"],
              resolved["owner_action_ref"], resolved["owner_sensor"], resolved["owner_sensor_ref"],
-             body["name"], bool(body["encrypted"]), key_hash, J(value)))
+             body["name"], bool(body["encrypted"]), key_hash, J(value), expires_at))
         return _response(row, body["value"])
 
     return ok(await run_sync(work), status=201, message="Key created successfully")
@@ -224,6 +282,7 @@ async def update_key(request: Request) -> Response:
         existing = _visible_or_404(db, principal, key_ref, grants)
         rbac.authorize(db, principal, "keys", "update", grants=grants, key=existing)
         check_rules(body, UPDATE_SPEC)
+        expiry_changed, expires_at = _expiry_patch(body["expires_at"])
         encrypt = existing["encrypted"] if body["encrypted"] is None else body["encrypted"]
         if body["value"] is not None:
             plain = body["value"]
@@ -243,6 +302,9 @@ async def update_key(request: Request) -> Response:
                 stored, key_hash = plain, None
             sets += ["value = %s", "encrypted = %s", "encryption_key_hash = %s"]
             params += [J(stored), encrypt, key_hash]
+        if expiry_changed:
+            sets.append("expires_at = %s")
+            params.append(expires_at)
         row = existing
         if sets:
             row = db.one(f"UPDATE key SET {', '.join(sets)} WHERE id = %s RETURNING *",

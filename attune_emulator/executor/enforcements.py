@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from .. import keystore
 from ..db import J
 from .common import Ctx
 
@@ -62,6 +63,8 @@ def handle_enforcement_created(ctx: Ctx, body: dict) -> None:
             (action["id"], action["ref"], J(enf["config"] if enf["config"] is not None else {}),
              enf_id, rule.get("owner_identity") or 1, J(psr), action.get("workflow_def")))
         created_exec = cur.fetchone()["id"]
+        # E9: secret parameters stored redacted in the enforcement go with its execution.
+        keystore.copy_rows(cur.execute, "enforcement", enf_id, "execution", created_exec)
         cur.execute("UPDATE enforcement SET status = 'processed', resolved_at = now() "
                     "WHERE id = %s", (enf_id,))
     log.info("enforcement %s processed: execution %s requested for action %s (rule %s)",

@@ -10,13 +10,17 @@ enabled rule whose `trigger_ref` equals the event's. Conditions:
   - any other shape never matches.
 On a match the rule's `action_params` are rendered and one enforcement per (rule, event) is
 inserted (`ON CONFLICT DO NOTHING` makes a duplicate delivery harmless).
+
+Extension E9 `template_context`: conditions expressions and `action_params` also see `keystore`
+(system and rule-pack keys, decrypted; keystore.py). Values from encrypted keys are stored redacted in
+`enforcement.config`, their plaintext in `execution_secret_value` (entity `enforcement`).
 """
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from .. import expressions, templates
+from .. import expressions, keystore as keystore_mod, templates
 from ..db import J, iso
 from .common import Ctx
 
@@ -60,8 +64,10 @@ def _check(op: Any, actual: Any, expected: Any) -> bool:
     return False
 
 
-def evaluate_conditions(conditions: Any, event: dict) -> tuple[bool, str]:
-    """(matched, reason) for a rule's `conditions` against an event row (pure; no I/O)."""
+def evaluate_conditions(conditions: Any, event: dict,
+                        keystore: dict | None = None) -> tuple[bool, str]:
+    """(matched, reason) for a rule's `conditions` against an event row (pure; no I/O).
+    `keystore` (E9) is the `keystore` namespace of expression conditions."""
     if conditions is None or conditions == {} or conditions == []:
         return True, "no conditions"
     if event.get("payload") is None:
@@ -71,7 +77,10 @@ def evaluate_conditions(conditions: Any, event: dict) -> tuple[bool, str]:
             return False, f"unsupported conditions object (keys {sorted(conditions)}) never matches"
         expr = conditions.get("expression")
         try:
-            value = expressions.evaluate(expr, event_context(event))
+            context = event_context(event)
+            if keystore is not None:
+                context["keystore"] = keystore
+            value = expressions.evaluate(expr, context)
         except expressions.ExpressionError as exc:
             return False, f"expression {expr!r} failed to evaluate: {exc}"
         if expressions.truthy(value):
@@ -123,8 +132,19 @@ def handle_event_created(ctx: Ctx, body: dict) -> None:
             log.exception("event %s: rule %s processing failed", event_id, rule["ref"])
 
 
+def _rule_keystore(ctx: Ctx, rule: dict) -> keystore_mod.Keystore | None:
+    """The E9 keystore of a rule's pack, loaded only when its conditions or params use it."""
+    if not (keystore_mod.mentions_keystore(rule.get("conditions")) or
+            keystore_mod.mentions_keystore(rule.get("action_params"))):
+        return None
+    return keystore_mod.load(ctx.db.all, ctx.cfg.get("security.encryption_key"), rule["pack"],
+                             rule.get("pack_ref"))
+
+
 def _process_rule(ctx: Ctx, event: dict, rule: dict) -> None:
-    matched, reason = evaluate_conditions(rule.get("conditions"), event)
+    ks = _rule_keystore(ctx, rule)
+    matched, reason = evaluate_conditions(rule.get("conditions"), event,
+                                          ks.values if ks is not None else None)
     if not matched:
         log.info("event %s: rule %s not matched: %s", event["id"], rule["ref"], reason)
         return
@@ -132,7 +152,10 @@ def _process_rule(ctx: Ctx, event: dict, rule: dict) -> None:
     pack = ctx.db.one("SELECT config FROM pack WHERE id = %s", (rule["pack"],))
     pack_config = (pack or {}).get("config") or {}
     config = templates.render_action_params(rule.get("action_params") or {}, event, pack_config,
-                                            rule)
+                                            rule, keystore=ks.values if ks is not None else None)
+    secrets: list = []
+    if ks is not None and ks.has_secrets:
+        config, secrets = keystore_mod.redact(rule.get("action_params") or {}, config, ks)
     row = ctx.db.one(
         "INSERT INTO enforcement (rule, rule_ref, trigger_ref, config, event, status, payload,"
         " condition, conditions) VALUES (%s, %s, %s, %s, %s, 'created', %s, 'all', %s)"
@@ -143,5 +166,9 @@ def _process_rule(ctx: Ctx, event: dict, rule: dict) -> None:
         log.info("event %s: enforcement for rule %s already exists (duplicate delivery); skipped",
                  event["id"], rule["ref"])
         return
+    if secrets:
+        keystore_mod.store(ctx.db.execute, ctx.cfg.get("security.encryption_key"), "enforcement",
+                           row["id"], secrets)
+        log.info("enforcement %s: %d secret parameter(s) stored redacted", row["id"], len(secrets))
     log.info("enforcement %s created for rule %s, event %s", row["id"], rule["ref"], event["id"])
     ctx.enforcement_created(row["id"])

@@ -5,6 +5,7 @@ Consumers (durable queues, as upstream):
   executor.enforcements  <- enforcement.created  executions                    (enforcements.py)
   executor.requests      <- execution.requested  scheduling, workflow start    (scheduler.py)
   executor.completions   <- execution.completed  workflow advancement          (workflows.py)
+                                                 and action retries (E2)       (retries.py)
   executor.inquiries     <- inquiry.responded    inquiry task completion       (workflows.py)
 plus the timeout monitor (monitor.py). On start, executions left in `requested` (and enforcements
 left in `created`) are re-published; claims make a duplicate harmless. SIGTERM/SIGINT stop the
@@ -19,7 +20,7 @@ import threading
 
 from .. import broker
 from ..db import Database
-from . import enforcements, events, scheduler, workflows
+from . import enforcements, events, retries, scheduler, workflows
 from .common import Ctx
 from .monitor import TimeoutMonitor
 
@@ -32,9 +33,18 @@ QUEUES = [
     ("executor.requests", broker.EXECUTIONS, "execution.requested",
      scheduler.handle_execution_requested),
     ("executor.completions", broker.EXECUTIONS, "execution.completed",
-     workflows.handle_execution_completed),
+     lambda ctx, body: handle_execution_completed(ctx, body)),
     ("executor.inquiries", broker.EVENTS, "inquiry.responded", workflows.handle_inquiry_responded),
 ]
+
+
+def handle_execution_completed(ctx: Ctx, body: dict) -> None:
+    """`execution.completed`: advance the workflow of a child, then (extension E2) retry a failed
+    top-level execution whose action has a retry policy. One failing step does not stop the other."""
+    try:
+        workflows.handle_execution_completed(ctx, body)
+    finally:
+        retries.handle_execution_completed(ctx, body)
 
 
 def recover(ctx: Ctx) -> None:

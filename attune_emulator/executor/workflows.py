@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from .. import expressions
+from .. import keystore as keystore_mod
 from ..db import J, iso, utcnow
 from .common import ACTIVE, TERMINAL, Ctx
 
@@ -302,11 +303,11 @@ def apply_parameter_defaults(params: Any, *schemas: Any) -> dict:
 
 def build_context(parameters: dict, variables: dict, task_results: dict,
                   system: dict | None = None, item: Any = None, index: int | None = None,
-                  with_item: bool = False) -> dict:
+                  with_item: bool = False, keystore: dict | None = None) -> dict:
     ctx: dict = dict(variables)  # bare names fall back to workflow variables
     ctx.update({"parameters": parameters, "workflow": variables, "vars": variables,
                 "variables": variables, "task": task_results, "tasks": task_results,
-                "config": None, "keystore": None, "system": system or {}})
+                "config": None, "keystore": keystore, "system": system or {}})
     if with_item:
         ctx["item"] = item
         ctx["index"] = index
@@ -336,6 +337,36 @@ class _Run:
         self.parameters = apply_parameter_defaults(parent.get("config"), self.graph.get("parameters"))
         self.system = {"workflow_start": iso(wf.get("created")) if wf.get("created") else None}
         self._results_cache: dict | None = None
+        # E9 template_context: the workflow pack's keystore (loaded when a template uses it) and
+        # the parent's own secret parameters (stored redacted in its config), restored here.
+        self._keystore: keystore_mod.Keystore | None = None
+        self._enc_key = ctx.cfg.get("security.encryption_key")
+        parent_secrets = keystore_mod.load_secrets(self._fetch_all, self._enc_key, "execution",
+                                                   parent["id"])
+        self.secret_params = {keystore_mod.split_pointer(p)[0] for p, _ in parent_secrets}
+        self.secret_texts = {v for _, v in parent_secrets if isinstance(v, str)}
+        if parent_secrets:
+            self.parameters = apply_parameter_defaults(
+                keystore_mod.restore(parent.get("config"), parent_secrets),
+                self.graph.get("parameters"))
+
+    def _fetch_all(self, sql: str, params: tuple) -> list:
+        self.cur.execute(sql, params)
+        return list(self.cur.fetchall())
+
+    def keystore(self) -> keystore_mod.Keystore | None:
+        if self._keystore is None and keystore_mod.mentions_keystore(self.tasks):
+            self.cur.execute("SELECT pack, pack_ref FROM action WHERE id = %s",
+                             (self.parent.get("action"),))
+            owner = self.cur.fetchone() or {}
+            self._keystore = keystore_mod.load(self._fetch_all, self._enc_key, owner.get("pack"),
+                                               owner.get("pack_ref"))
+        return self._keystore
+
+    def secure(self, template: Any, rendered: Any) -> tuple[Any, list]:
+        """E9: `rendered` with secret values redacted, and the (pointer, plaintext) pairs."""
+        return keystore_mod.redact(template, rendered, self._keystore, self.secret_params,
+                                   self.secret_texts)
 
     # ---------------------------------------------------------------- context
     def task_results(self) -> dict:
@@ -368,9 +399,11 @@ class _Run:
         return results
 
     def context(self, **item) -> dict:
+        ks = self.keystore()
         return build_context(self.parameters, self.variables, self.task_results(), self.system,
                              item=item.get("item"), index=item.get("index"),
-                             with_item="item" in item)
+                             with_item="item" in item,
+                             keystore=ks.values if ks is not None else None)
 
     def save(self) -> None:
         self.cur.execute(
@@ -417,8 +450,11 @@ class _Run:
         except expressions.ExpressionError as exc:
             self.fail_before_child(name, f"Template rendering failed for task '{name}': {exc}")
             return
-        config = rendered if isinstance(rendered, dict) and rendered else self.parent.get("config")
-        self._create_child(task, action, config, triggered_by, None, None)
+        config, secrets = self.secure(task.get("input") or {}, rendered)
+        inherited = not (isinstance(rendered, dict) and rendered)
+        config = self.parent.get("config") if inherited else config
+        self._create_child(task, action, config, triggered_by, None, None,
+                           secrets=None if inherited else secrets)
 
     def _dispatch_items(self, task: dict, action: dict, ctx: dict, triggered_by: str | None) -> None:
         name = task["name"]
@@ -429,8 +465,10 @@ class _Run:
             configs = []
             for i, item in enumerate(items):
                 rendered = expressions.render(task.get("input") or {}, self.context(item=item, index=i))
-                configs.append(rendered if isinstance(rendered, dict) and rendered
-                               else self.parent.get("config"))
+                if isinstance(rendered, dict) and rendered:
+                    configs.append(self.secure(task.get("input") or {}, rendered))
+                else:
+                    configs.append((self.parent.get("config"), None))
         except expressions.ExpressionError as exc:
             self.fail_before_child(name, f"Template rendering failed for task '{name}': {exc}")
             return
@@ -442,8 +480,9 @@ class _Run:
             self.finish_task(name, "succeeded", [])
             return
         concurrency = max(1, int(task.get("concurrency") or 1))
-        ids = [self._create_child(task, action, cfg, triggered_by, i, batch, publish=False)
-               for i, cfg in enumerate(configs)]
+        ids = [self._create_child(task, action, cfg, triggered_by, i, batch, publish=False,
+                                  secrets=secrets)
+               for i, (cfg, secrets) in enumerate(configs)]
         for eid in ids[:concurrency]:
             self.messages.append(("execution_requested", eid))
         log.info("workflow %s: task %s with_items created %d item execution(s) %s, "
@@ -452,7 +491,9 @@ class _Run:
 
     def _create_child(self, task: dict, action: dict, config: Any, triggered_by: str | None,
                       index: int | None, batch: int | None, publish: bool = True,
-                      retry_of: dict | None = None) -> int:
+                      retry_of: dict | None = None, secrets: list | None = None) -> int:
+        """`secrets` (E9): the redacted parts of `config`; None means `config` is the parent's own
+        (inherited, or a retry's copy of the failed attempt's), whose secret rows are copied."""
         retry = task.get("retry") or {}
         wt = {
             "workflow_execution": self.wf["id"],
@@ -492,6 +533,11 @@ class _Run:
              wt["retry_count"], wt["max_retries"], original, retry_reason, is_ask))
         eid = self.cur.fetchone()["id"]
         self._results_cache = None
+        if secrets:
+            keystore_mod.store(self.cur.execute, self._enc_key, "execution", eid, secrets)
+        elif secrets is None:
+            source = (retry_of or {}).get("source_execution") or self.parent["id"]
+            keystore_mod.copy_rows(self.cur.execute, "execution", source, "execution", eid)
         if is_ask:
             self._create_inquiry(eid, task, config)
             log.info("workflow %s: task %s dispatched as inquiry execution %s (triggered by %s)",
@@ -619,7 +665,7 @@ class _Run:
             wt.get("task_batch"), publish=False,
             retry_of={"workflow_task": new_wt,
                       "original_execution": child.get("original_execution") or child["id"],
-                      "retry_reason": child["status"]})
+                      "retry_reason": child["status"], "source_execution": child["id"]})
         log.info("workflow %s: task %s attempt %d (execution %s) %s; retry %d/%d as execution %s "
                  "in %.2fs (%s backoff)", self.parent["id"], task["name"], attempt, child["id"],
                  child["status"], attempt, task["retry"]["count"], eid, delay,

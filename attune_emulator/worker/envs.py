@@ -1,10 +1,16 @@
 """Per-pack runtime environments: Python virtualenvs and Node.js node_modules.
 
-Layout (as upstream): `<runtime_envs_dir>/<pack_ref>/python` and `<runtime_envs_dir>/<pack_ref>/node`.
+Layout (as upstream): `<runtime_envs_dir>/<pack_ref>/<runtime name lower-cased>`, i.e.
+`.../<pack_ref>/python` and `.../<pack_ref>/node.js` for the core runtimes `Python` and `Node.js`.
 An environment is (re)built only when the SHA-256 of its manifest (`requirements.txt`,
 `package.json`) differs from the one recorded in the marker file `.attune_deps_installed`. A lock
 per environment directory (a thread lock plus an `flock` on `<env>.lock`, so workers sharing the
 directory agree) serialises creation.
+
+Downloads are cached under `<runtime_envs_dir>/.cache/{pip,npm}` (pip's HTTP/wheel cache and npm's
+content-addressed cacache), unless the operator set `PIP_CACHE_DIR` / `npm_config_cache`: a pack
+uploaded under a new ref (every test session) rebuilds its environment without downloading again.
+Pack refs never start with a dot, so the cache cannot collide with a pack's folder.
 """
 from __future__ import annotations
 
@@ -70,6 +76,15 @@ def _run(argv: list[str], cwd: Path | None, what: str, env: dict | None = None) 
         raise EnvError(f"{what} failed (exit {proc.returncode}): {tail}")
 
 
+def installer_env(runtime_envs_dir: str, tool: str) -> dict[str, str]:
+    """The environment of a pip / npm run: the worker's, plus the shared download cache."""
+    env = dict(os.environ)
+    var = {"pip": "PIP_CACHE_DIR", "npm": "npm_config_cache"}[tool]
+    if not env.get(var) and not (tool == "npm" and env.get("NPM_CONFIG_CACHE")):
+        env[var] = str(Path(runtime_envs_dir).resolve() / ".cache" / tool)
+    return env
+
+
 def _marker_matches(env_dir: Path, digest: str) -> bool:
     marker = env_dir / MARKER
     try:
@@ -99,12 +114,13 @@ def _base_pip_can_target(base_python: str) -> bool:
 
 
 def ensure_python_env(runtime_envs_dir: str, pack_ref: str, pack_dir: Path,
-                      base_python: str) -> Path | None:
-    """The virtualenv's python for a pack with `requirements.txt`, else None (use plain python3)."""
+                      base_python: str, env_name: str = "python") -> Path | None:
+    """The virtualenv's python for a pack with `requirements.txt`, else None (use plain python3).
+    `env_name`: the runtime's name lower-cased (upstream's env folder name)."""
     req = pack_dir / "requirements.txt"
     if not req.is_file():
         return None
-    env_dir = Path(runtime_envs_dir) / pack_ref / "python"
+    env_dir = Path(runtime_envs_dir) / pack_ref / env_name
     python = env_dir / "bin" / "python"
     digest = manifest_hash(req)
     if _marker_matches(env_dir, digest) and python.exists():
@@ -118,29 +134,32 @@ def ensure_python_env(runtime_envs_dir: str, pack_ref: str, pack_dir: Path,
             shutil.rmtree(env_dir, ignore_errors=True)
         else:
             log.info("pack %s: creating virtualenv %s", pack_ref, env_dir)
+        pip_env = installer_env(runtime_envs_dir, "pip")
         if _base_pip_can_target(base_python):
             # Fast path: a venv without its own pip, filled by the base interpreter's pip.
             _run([base_python, "-m", "venv", "--without-pip", str(env_dir)], None,
                  f"python venv for pack '{pack_ref}'")
             _run([base_python, "-m", "pip", "--python", str(python), "install",
                   "--disable-pip-version-check", "-r", str(req)],
-                 pack_dir, f"pip install for pack '{pack_ref}'")
+                 pack_dir, f"pip install for pack '{pack_ref}'", env=pip_env)
         else:
             _run([base_python, "-m", "venv", str(env_dir)], None,
                  f"python venv for pack '{pack_ref}'")
             _run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-r",
-                  str(req)], pack_dir, f"pip install for pack '{pack_ref}'")
+                  str(req)], pack_dir, f"pip install for pack '{pack_ref}'", env=pip_env)
         (env_dir / MARKER).write_text(digest + "\n")
         log.info("pack %s: python dependencies installed (sha256 %s)", pack_ref, digest[:12])
     return python
 
 
-def ensure_node_env(runtime_envs_dir: str, pack_ref: str, pack_dir: Path, npm: str) -> Path | None:
-    """`<env>/node_modules` for a pack with `package.json`, else None."""
+def ensure_node_env(runtime_envs_dir: str, pack_ref: str, pack_dir: Path, npm: str,
+                    env_name: str = "node.js") -> Path | None:
+    """`<env>/node_modules` for a pack with `package.json`, else None. `env_name`: the runtime's
+    name lower-cased (`node.js` for core.nodejs, as upstream)."""
     manifest = pack_dir / "package.json"
     if not manifest.is_file():
         return None
-    env_dir = Path(runtime_envs_dir) / pack_ref / "node"
+    env_dir = Path(runtime_envs_dir) / pack_ref / env_name
     modules = env_dir / "node_modules"
     digest = manifest_hash(manifest)
     if _marker_matches(env_dir, digest) and modules.is_dir():
@@ -160,7 +179,7 @@ def ensure_node_env(runtime_envs_dir: str, pack_ref: str, pack_dir: Path, npm: s
         if lock_file.is_file():
             shutil.copy2(lock_file, env_dir / "package-lock.json")
         _run([npm, "install", "--no-audit", "--no-fund", "--prefix", str(env_dir)], env_dir,
-             f"npm install for pack '{pack_ref}'", env=dict(os.environ))
+             f"npm install for pack '{pack_ref}'", env=installer_env(runtime_envs_dir, "npm"))
         modules.mkdir(exist_ok=True)
         (env_dir / MARKER).write_text(digest + "\n")
         log.info("pack %s: node dependencies installed (sha256 %s)", pack_ref, digest[:12])

@@ -392,13 +392,16 @@ class WorkerService:
                     f"Action execution failed: Invalid action: No executable content found for "
                     f"action '{execution['action_ref']}'. Expected file at: {script}")
             interpreter = self.runtimes[rt_key]
+            # upstream: {runtime_envs_dir}/{pack_ref}/{runtime.name lower-cased}
+            env_name = str((runtime or {}).get("name") or "").strip().lower() or \
+                {"python": "python", "node": "node.js"}.get(rt_key, rt_key)
             if rt_key == "python":
                 lib_dir = exec_config.get("lib_dir") or "lib"
                 env["PYTHONPATH"] = os.pathsep.join(
                     [str(pack_dir / lib_dir)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
                 try:
                     venv_python = envs.ensure_python_env(self.runtime_envs_dir, pack_ref, pack_dir,
-                                                         interpreter)
+                                                         interpreter, env_name)
                 except envs.EnvError as exc:
                     raise PrepareError(f"Failed to prepare execution context: {exc}") from exc
                 if venv_python is not None:
@@ -410,7 +413,7 @@ class WorkerService:
                     raise PrepareError("Failed to prepare execution context: npm is not available")
                 try:
                     modules = envs.ensure_node_env(self.runtime_envs_dir, pack_ref, pack_dir,
-                                                   self.npm or "npm")
+                                                   self.npm or "npm", env_name)
                 except envs.EnvError as exc:
                     raise PrepareError(f"Failed to prepare execution context: {exc}") from exc
                 if modules is not None:

@@ -124,8 +124,10 @@ def test_pack_contents_and_history_are_hidden_from_other_users(make, uid):
     for exec_id in range(manual["id"] - 3, by_rule["id"] + 4):
         try:
             seen = user_a.get_execution(exec_id)
-        except ApiError:
-            continue  # no such execution, or not A's to see
+        except ApiError as err:
+            # no such execution, or not A's to see; anything else (a 500) is a failure
+            assert err.status in (403, 404), f"A probing execution {exec_id}: {err}"
+            continue
         if seen["executor"] == ident_a["id"]:
             guessed.append(exec_id)
             expect_api_error(lambda: user_b.get_execution(exec_id), 404, f"B guessing execution {exec_id}")
