@@ -11,7 +11,7 @@ PY="$VENV/bin/python"
 
 usage() {
     cat <<'EOF'
-Usage: ./run_e2e_tests.sh [--all | --unit | --help] [PYTEST ARGS...]
+Usage: ./run_e2e_tests.sh [--all | --unit | --bench | --help] [PYTEST ARGS...]
 
 Sets up what the suite needs, then runs pytest from the repository root:
   1. system packages: when no PostgreSQL server (/usr/lib/postgresql/*/bin/postgres) or no
@@ -29,6 +29,9 @@ Options handled here (anything else goes to pytest):
   --all    run tests/unit first, then the tiers (two pytest runs); PYTEST ARGS apply to the tier
            run only. Fails if either run fails; a run that collects no tests (exit 5) fails too.
   --unit   run tests/unit only (PYTEST ARGS are passed on).
+  --bench  run the benchmark instead of pytest: `python -m bench ARGS` (README, Performance):
+           the plan's performance targets measured against the embedded stack (or
+           ATTUNE_API_URL); table on the console, raw figures in reports/bench.json.
   --help   show this text.
 
 Examples:
@@ -55,6 +58,7 @@ for arg in "$@"; do
     case "$arg" in
         --all) MODE=all ;;
         --unit) MODE=unit ;;
+        --bench) MODE=bench ;;
         -h|--help) usage; exit 0 ;;
         *) ARGS+=("$arg") ;;
     esac
@@ -177,6 +181,10 @@ fi
 
 mkdir -p reports
 case "$MODE" in
+    bench)
+        step "[3/3] benchmark: python -m bench ${ARGS[*]:-}"
+        exec "$PY" -m bench ${ARGS[@]+"${ARGS[@]}"}
+        ;;
     run)
         step "[3/3] pytest ${ARGS[*]:-}"
         exec "$PY" -m pytest ${ARGS[@]+"${ARGS[@]}"}

@@ -21,6 +21,7 @@ published while it was down. Consumers ack after their handler returns.
 """
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import threading
@@ -57,37 +58,91 @@ def declare_exchanges(channel) -> None:
 
 
 class Publisher:
-    """Thread-safe publisher that reconnects on failure."""
+    """Thread-safe publisher that reconnects on failure.
 
-    def __init__(self, url: str):
+    Publishes use publisher confirms, so a message counts as sent only once the broker has taken
+    it. When the broker stays unreachable through `attempts` tries, the message is kept in an
+    in-process backlog (`spool=True`, the default) that a background thread delivers, in order,
+    as soon as the broker is back; later publishes queue behind it, so order is kept. A broker
+    restart thus loses no message of a running service (an `execution.completed` finishing a
+    workflow task, an `execution.requested` accepted by the API).
+    """
+
+    def __init__(self, url: str, spool: bool = True):
         self.url = url
+        self.spool = spool
         self._lock = threading.Lock()
         self._conn: pika.BlockingConnection | None = None
         self._channel = None
+        self._backlog: collections.deque = collections.deque()
+        self._flusher: threading.Thread | None = None
+        self._closed = False
 
     def _ensure(self):
         if self._conn is None or self._conn.is_closed or self._channel is None or self._channel.is_closed:
             self._conn = pika.BlockingConnection(_params(self.url))
             self._channel = self._conn.channel()
             declare_exchanges(self._channel)
+            self._channel.confirm_delivery()
         return self._channel
+
+    def _send(self, exchange: str, routing_key: str, payload: bytes) -> None:
+        self._ensure().basic_publish(
+            exchange=exchange, routing_key=routing_key, body=payload,
+            properties=pika.BasicProperties(content_type="application/json", delivery_mode=2))
 
     def publish(self, exchange: str, routing_key: str, body: dict, attempts: int = 5) -> None:
         payload = json.dumps(body, default=str).encode()
         with self._lock:
+            if self._backlog:  # the broker was away: keep the order, the flusher sends it
+                self._backlog.append((exchange, routing_key, payload))
+                return
             for attempt in range(attempts):
                 try:
-                    self._ensure().basic_publish(
-                        exchange=exchange, routing_key=routing_key, body=payload,
-                        properties=pika.BasicProperties(content_type="application/json",
-                                                        delivery_mode=2))
+                    self._send(exchange, routing_key, payload)
                     return
                 except _CONNECTION_ERRORS as exc:
                     log.warning("publish %s/%s failed (%s); reconnecting", exchange, routing_key, exc)
                     self._reset()
                     if attempt == attempts - 1:
-                        raise
+                        if not self.spool or self._closed:
+                            raise
+                        self._backlog.append((exchange, routing_key, payload))
+                        log.warning("broker unreachable: %s/%s kept for delivery when it is back",
+                                    exchange, routing_key)
+                        self._start_flusher()
+                        return
                     time.sleep(min(0.2 * (2 ** attempt), 2.0))
+
+    def _start_flusher(self) -> None:
+        if self._flusher is None or not self._flusher.is_alive():
+            self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
+                                             name="publisher-backlog")
+            self._flusher.start()
+
+    def _flush_loop(self) -> None:
+        delay = 0.2
+        while True:
+            with self._lock:
+                if not self._backlog or self._closed:
+                    return
+                try:
+                    while self._backlog:
+                        self._send(*self._backlog[0])
+                        self._backlog.popleft()
+                    log.info("broker back: backlog delivered")
+                    return
+                except _CONNECTION_ERRORS as exc:
+                    log.debug("backlog delivery failed (%s); %d message(s) waiting", exc,
+                              len(self._backlog))
+                    self._reset()
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    @property
+    def backlog(self) -> int:
+        """Messages waiting for the broker to come back."""
+        return len(self._backlog)
 
     def _reset(self):
         try:
@@ -100,6 +155,15 @@ class Publisher:
 
     def close(self) -> None:
         with self._lock:
+            if self._backlog:
+                try:
+                    while self._backlog:
+                        self._send(*self._backlog[0])
+                        self._backlog.popleft()
+                except _CONNECTION_ERRORS as exc:
+                    log.error("closing with %d undelivered message(s): broker unreachable (%s)",
+                              len(self._backlog), exc)
+            self._closed = True
             self._reset()
 
 

@@ -344,6 +344,7 @@ class _Loader:
                 "timeout_seconds": _positive_int(d.get("timeout")),
                 "max_retries": _retry_count(d.get("retry")),
                 "retry_policy": _retry_policy(ref, d.get("retry"), self.warn),  # extension E2
+                "container": _container_spec(ref, d.get("container"), self.warn),  # extension E12
             }
             wf_file = _str(d.get("workflow_file"))
             if wf_file:
@@ -417,6 +418,7 @@ class _Loader:
                 "permission_set_refs": J(None if psr is None else _str_list(psr)),
                 "enabled": enabled,
                 "is_adhoc": False,
+                "notify_on_trigger": bool(d.get("notify_on_trigger", False)),  # extension E11
             })
             if before is None:
                 self.changes.append(("rule.created", rule_id, ref, trigger_ref))
@@ -503,6 +505,20 @@ def _retry_policy(ref: str, value: Any, warn) -> Any:
         warn(f"action {ref}: {exc}; retry policy ignored")
         return None
     return J(policy) if policy else None
+
+
+def _container_spec(ref: str, value: Any, warn) -> Any:
+    """Extension E12: an action's YAML `container:` object as stored in `action.container`
+    (None when absent; a malformed one is reported and ignored)."""
+    from .worker.container import SpecError, parse_spec
+    if value is None:
+        return None
+    try:
+        spec = parse_spec(_plain(value))
+    except SpecError as exc:
+        warn(f"action {ref}: {exc}; container configuration ignored")
+        return None
+    return J(spec) if spec else None
 
 
 def _retry_count(value: Any) -> int | None:

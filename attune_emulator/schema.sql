@@ -253,6 +253,8 @@ CREATE TABLE IF NOT EXISTS event (
 );
 CREATE INDEX IF NOT EXISTS event_trigger_ref_idx ON event (trigger_ref, created DESC);
 CREATE INDEX IF NOT EXISTS event_rule_ref_idx ON event (rule_ref, created DESC);
+-- unfiltered listings page by (created DESC, id DESC): without this every page sorts the table
+CREATE INDEX IF NOT EXISTS event_created_idx ON event (created DESC, id DESC);
 
 CREATE TABLE IF NOT EXISTS enforcement (
     id          BIGSERIAL PRIMARY KEY,
@@ -271,6 +273,7 @@ CREATE TABLE IF NOT EXISTS enforcement (
 );
 CREATE INDEX IF NOT EXISTS enforcement_event_idx ON enforcement (event);
 CREATE INDEX IF NOT EXISTS enforcement_rule_ref_idx ON enforcement (rule_ref, created DESC);
+CREATE INDEX IF NOT EXISTS enforcement_created_idx ON enforcement (created DESC, id DESC);
 
 CREATE TABLE IF NOT EXISTS execution (
     id                  BIGSERIAL PRIMARY KEY,
@@ -299,6 +302,7 @@ CREATE INDEX IF NOT EXISTS execution_parent_idx ON execution (parent);
 CREATE INDEX IF NOT EXISTS execution_enforcement_idx ON execution (enforcement);
 CREATE INDEX IF NOT EXISTS execution_action_ref_idx ON execution (action_ref, created DESC);
 CREATE INDEX IF NOT EXISTS execution_status_idx ON execution (status);
+CREATE INDEX IF NOT EXISTS execution_created_idx ON execution (created DESC, id DESC);
 
 CREATE TABLE IF NOT EXISTS workflow_execution (
     id              BIGSERIAL PRIMARY KEY,
@@ -570,3 +574,16 @@ ALTER TABLE action ADD COLUMN IF NOT EXISTS retry_policy JSONB;
 
 -- Extension E7 key_expiry: a key is absent everywhere at or after expires_at (purged lazily).
 ALTER TABLE key ADD COLUMN IF NOT EXISTS expires_at TIMESTAMPTZ;
+
+-- Extension E11 rule_notify: a rule opts in to `rule_triggered` notifications (default: upstream, none).
+ALTER TABLE rule ADD COLUMN IF NOT EXISTS notify_on_trigger BOOLEAN NOT NULL DEFAULT false;
+
+-- Worker placement on executions (POST /executions/execute `worker_selector`, `worker_tolerations`,
+-- `worker_affinity`; upstream's execution columns). NULL = use the action's placement.
+ALTER TABLE execution ADD COLUMN IF NOT EXISTS worker_selector JSONB;
+ALTER TABLE execution ADD COLUMN IF NOT EXISTS worker_tolerations JSONB;
+ALTER TABLE execution ADD COLUMN IF NOT EXISTS worker_affinity JSONB;
+
+-- Extension E12 container_runtime: an action's `container` object {image, command?, network?,
+-- memory_mb?, cpus?, pull?, env?} for the `core.container` runtime; NULL = none (upstream).
+ALTER TABLE action ADD COLUMN IF NOT EXISTS container JSONB;

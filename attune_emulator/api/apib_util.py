@@ -66,11 +66,20 @@ def pack_hidden(db, cfg, principal, pack_ref: str | None, cache: dict | None = N
     return hidden
 
 
+def like_escape(value: str) -> str:
+    """`value` taken literally inside a LIKE pattern (backslash is the escape character)."""
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def contains_pattern(value: str) -> str:
+    """The (I)LIKE pattern for "contains `value`"."""
+    return "%" + like_escape(value) + "%"
+
+
 def glob_condition(column: str, value: str, params: list) -> str:
     """Exact match, or a LIKE pattern when the value contains `*`."""
     if "*" in value:
-        pattern = (value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-                   .replace("*", "%"))
+        pattern = like_escape(value).replace("*", "%")
         params.append(pattern)
         return f"{column} LIKE %s ESCAPE '\\'"
     params.append(value)
@@ -118,10 +127,11 @@ def action_response(r: dict) -> dict:
          "default_execution_permission_set_refs": r["default_execution_permission_set_refs"],
          "timeout_seconds": r.get("timeout_seconds"),
          "retry": r.get("retry_policy"),  # extension E2 action_retry
+         "container": r.get("container"),  # extension E12 container_runtime
          "created": iso(r["created"]), "updated": iso(r["updated"])}
     omit_empty(d, "runtime_ref", "runtime_version_constraint", "required_worker_runtimes",
                "worker_selector", "worker_tolerations", "worker_affinity", "workflow_def",
-               "default_execution_permission_set_refs", "timeout_seconds", "retry")
+               "default_execution_permission_set_refs", "timeout_seconds", "retry", "container")
     return d
 
 
@@ -169,6 +179,13 @@ def sensor_summary(r: dict) -> dict:
 
 # ------------------------------------------------------------------ rules
 def rule_response(r: dict) -> dict:
+    out = _rule_response(r)
+    if r.get("notify_on_trigger"):  # extension E11, omitted unless set (upstream shape)
+        out["notify_on_trigger"] = True
+    return out
+
+
+def _rule_response(r: dict) -> dict:
     return {"id": r["id"], "ref": r["ref"], "pack": r["pack"], "pack_ref": r["pack_ref"],
             "label": r["label"], "description": r["description"], "action": r["action"],
             "action_ref": r["action_ref"], "trigger": r["trigger"],
@@ -230,9 +247,12 @@ def execution_response(r: dict) -> dict:
         "workflow_task": r["workflow_task"],
         "retry_count": r.get("retry_count") or None, "max_retries": r.get("max_retries"),
         "retry_reason": r.get("retry_reason"),
+        "worker_selector": r.get("worker_selector"), "worker_tolerations": r.get("worker_tolerations"),
+        "worker_affinity": r.get("worker_affinity"),
         "created": iso(r["created"]), "updated": iso(r["updated"])}
     omit_empty(d, "permission_set_refs", "original_execution", "started_at", "workflow_task",
-               "retry_count", "max_retries", "retry_reason")
+               "retry_count", "max_retries", "retry_reason", "worker_selector",
+               "worker_tolerations", "worker_affinity")
     return d
 
 

@@ -21,6 +21,7 @@ from starlette.responses import Response
 
 from ..broker import Publisher
 from ..db import Database
+from . import ratelimit
 from .common import JSON, ApiError, PlainError, map_db_error
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ ROUTE_MODULES = (
     "routes_health", "routes_auth", "routes_identities", "routes_keys", "routes_workers",
     "routes_packs", "routes_actions", "routes_triggers", "routes_sensors", "routes_rules",
     "routes_webhooks", "routes_events", "routes_enforcements", "routes_executions",
-    "routes_inquiries", "routes_workflows",
+    "routes_inquiries", "routes_workflows", "routes_audit",
 )
 SENTINEL = ".attune-packs-sentinel"
 INQUIRY_SWEEP_SECONDS = 1.0
@@ -214,6 +215,8 @@ def create_app(cfg, db: Database | None = None, publisher: Publisher | None = No
     app.router.redirect_slashes = False  # axum answers 404 for a trailing slash, not a redirect
     # add_middleware prepends: the body limit runs first, then the 500 guard.
     app.add_middleware(ErrorGuardMiddleware)
+    if ratelimit.enabled(cfg):  # extension E5; runs after the body limit, before the routes
+        app.add_middleware(ratelimit.RateLimitMiddleware, cfg=cfg, db=db)
     app.add_middleware(BodyLimitMiddleware,
                        max_bytes=int(cfg.get("server.max_body_size", 2 * 1024 * 1024)))
     app.state.cfg = cfg
@@ -228,7 +231,14 @@ def active_extensions(cfg) -> list[str]:
     """Behaviour beyond upstream that this stack provides (scenarios.md section b), advertised in
     `GET /health/detailed` so a suite can tell which extension tests this target supports.
     Config-gated ones appear only when switched on; their defaults give upstream behaviour."""
-    extensions = ["action_retry", "action_timeout", "key_expiry", "template_context", "timer_params"]
+    extensions = ["action_retry", "action_timeout", "key_expiry", "rule_notify",
+                  "template_context", "timer_params"]
+    extensions.append("param_validation")  # E10: executor/param_validation.py
+    extensions.append("execution_audit")  # E6: audit.py, routes_audit.py
+    if ratelimit.enabled(cfg):
+        extensions.append("api_rate_limit")  # E5: api/ratelimit.py
+    extensions.append("liveness_tuning")  # E13: executor.worker_heartbeat_timeout (default 90)
+    extensions.append("container_runtime")  # E12: worker/container.py (engine probed per worker)
     if cfg.get("security.owner_scoped_resources", False):
         extensions.append("owner_scoping")
     if cfg.get("security.rbac_all_mutations", False):

@@ -7,13 +7,12 @@ from ..db import J
 from ..executor.retries import RetryPolicyError, parse_policy
 from . import common as C
 from . import apib_util as U
+from . import crud
 
 
 def load_action(db, cfg, principal, ref: str) -> dict:
-    row = db.one(f"{U.ACTION_SELECT} WHERE a.ref = %s", (ref,))
-    if row is None or U.pack_hidden(db, cfg, principal, row["pack_ref"]):
-        raise C.not_found(f"Action '{ref}' not found")
-    return row
+    return crud.load_by_ref(db, cfg, principal, f"{U.ACTION_SELECT} WHERE a.ref = %s", ref,
+                            "Action")
 
 
 def _cfg(request):
@@ -28,19 +27,14 @@ async def list_actions(request):
     def work():
         db = C.db(request)
         cfg = _cfg(request)
-        if not executable and not U.owner_scoping(cfg):
-            total = U.count(db, U.ACTION_SELECT, [])
-            rows = db.all(f"{U.ACTION_SELECT} ORDER BY a.ref LIMIT %s OFFSET %s",
-                          [pg.limit, pg.offset])
+        if not executable:
+            rows, total = crud.page_visible(db, cfg, p, U.ACTION_SELECT, [], pg, "a.ref")
             return C.paginated([U.action_summary(r) for r in rows], pg.page, pg.size, total=total)
-        rows = db.all(f"{U.ACTION_SELECT} ORDER BY a.ref")
-        cache: dict = {}
-        rows = [r for r in rows if not U.pack_hidden(db, cfg, p, r["pack_ref"], cache)]
-        if executable:
-            from . import rbac
-            grants = rbac.effective_grants(db, p)
-            rows = [r for r in rows if rbac.can(db, p, "actions", "execute", grants=grants,
-                                                pack_ref=r["pack_ref"], ref=r["ref"])]
+        from . import rbac
+        grants = rbac.effective_grants(db, p)
+        rows = [r for r in crud.visible_rows(db, cfg, p, U.ACTION_SELECT, [], "a.ref")
+                if rbac.can(db, p, "actions", "execute", grants=grants,
+                            pack_ref=r["pack_ref"], ref=r["ref"])]
         page = rows[pg.offset:pg.offset + pg.limit]
         return C.paginated([U.action_summary(r) for r in page], pg.page, pg.size, total=len(rows))
     return await U.sync(work)
@@ -64,14 +58,12 @@ async def search_actions(request):
             where.append("a.pack_ref = ANY(%s)")
             params.append(packs)
         for token in q.split():
-            like = "%" + token.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            like = U.contains_pattern(token)
             where.append("(a.ref ILIKE %s OR a.label ILIKE %s OR coalesce(a.description, '') ILIKE %s "
                          "OR a.pack_ref ILIKE %s)")
             params.extend([like] * 4)
-        sql = U.ACTION_SELECT + (" WHERE " + " AND ".join(where) if where else "")
-        rows = db.all(sql + " ORDER BY a.ref", params)
-        cache: dict = {}
-        rows = [r for r in rows if not U.pack_hidden(db, cfg, p, r["pack_ref"], cache)]
+        rows = crud.visible_rows(db, cfg, p, U.ACTION_SELECT + crud.where_clause(where), params,
+                                 "a.ref")
         items = []
         for r in rows[pg.offset:pg.offset + pg.limit]:
             d = {"ref": r["ref"], "pack_ref": r["pack_ref"], "label": r["label"],
@@ -80,15 +72,6 @@ async def search_actions(request):
             U.omit_empty(d, "description", "runtime_ref")
             items.append(d)
         return C.paginated(items, pg.page, pg.size, total=len(rows))
-    return await U.sync(work)
-
-
-async def get_action(request):
-    p = await C.require_auth(request)
-    ref = request.path_params["ref"]
-
-    def work():
-        return C.ok(U.action_response(load_action(C.db(request), _cfg(request), p, ref)))
     return await U.sync(work)
 
 
@@ -115,6 +98,7 @@ CREATE_SPEC = {
     "log_retention_limit": C.Field(int, min_value=1),
     "timeout_seconds": C.Field(int, min_value=1),
     "retry": C.Field(dict),  # extension E2 action_retry
+    "container": C.Field(dict),  # extension E12 container_runtime
 }
 
 
@@ -124,6 +108,15 @@ def _retry_policy(value):
         return parse_policy(value)
     except RetryPolicyError as exc:
         raise C.validation_error(f"Invalid retry policy: {exc}") from None
+
+
+def _container_spec(value):
+    """E12: the normalised `container` object (None stays None); malformed -> 422."""
+    from ..worker.container import SpecError, parse_spec
+    try:
+        return parse_spec(value)
+    except SpecError as exc:
+        raise C.validation_error(f"Invalid container configuration: {exc}") from None
 
 
 def resolve_runtime_field(db, runtime_id, runtime_ref):
@@ -144,15 +137,13 @@ async def create_action(request):
     p = await C.require_auth(request)
     body = await C.read_json(request, CREATE_SPEC)
     retry = _retry_policy(body["retry"])
+    container_spec = _container_spec(body["container"])
 
     def work():
         db = C.db(request)
         ref = body["ref"]
-        if db.one("SELECT id FROM action WHERE ref = %s", (ref,)):
-            raise C.conflict(f"Action with ref '{ref}' already exists")
-        pack = db.one("SELECT * FROM pack WHERE ref = %s", (body["pack_ref"],))
-        if pack is None or U.pack_hidden(db, _cfg(request), p, pack["ref"]):
-            raise C.not_found(f"Pack '{body['pack_ref']}' not found")
+        crud.ensure_new_ref(db, "action", ref, "Action")
+        pack = crud.load_pack(db, _cfg(request), p, body["pack_ref"])
         runtime = resolve_runtime_field(db, body["runtime"], body["runtime_ref"])
         U.rbac_authorize(db, p, "actions", "create", pack_ref=pack["ref"], ref=ref)
         psrefs = body["default_execution_permission_set_refs"] or []
@@ -173,6 +164,9 @@ async def create_action(request):
              bool(body["accesses_mcp"]), J(psrefs), body["timeout_seconds"],
              J(retry) if retry else None,
              retry["count"] if retry else None))
+        if container_spec is not None:  # E12
+            db.execute("UPDATE action SET container = %s WHERE id = %s",
+                       (J(container_spec), row["id"]))
         row = db.one(f"{U.ACTION_SELECT} WHERE a.id = %s", (row["id"],))
         return C.ok(U.action_response(row), 201, "Action created successfully")
     return await U.sync(work)
@@ -195,6 +189,7 @@ UPDATE_SPEC = {
     "default_execution_permission_set_refs": C.Field(list, items=str),
     "timeout_seconds": C.Field(int, min_value=1),
     "retry": C.Field(dict),  # extension E2 action_retry; null clears it
+    "container": C.Field(dict),  # extension E12 container_runtime; null clears it
 }
 
 
@@ -207,6 +202,8 @@ async def update_action(request):
     if "runtime_version_constraint" in raw:
         rvc = U.tagged_patch(raw["runtime_version_constraint"], "runtime_version_constraint")
     retry = _retry_policy(body.get("retry")) if isinstance(raw, dict) and "retry" in raw else None
+    container_spec = _container_spec(body.get("container")) \
+        if isinstance(raw, dict) and "container" in raw else None
 
     def work():
         db = C.db(request)
@@ -248,23 +245,13 @@ async def update_action(request):
             params.append(J(retry) if retry else None)
             sets.append("max_retries = %s")
             params.append(retry["count"] if retry else None)
+        if "container" in raw:  # E12
+            sets.append("container = %s")
+            params.append(J(container_spec) if container_spec else None)
         if sets:
             db.execute(f"UPDATE action SET {', '.join(sets)} WHERE id = %s", params + [row["id"]])
         row = db.one(f"{U.ACTION_SELECT} WHERE a.id = %s", (row["id"],))
         return C.ok(U.action_response(row), message="Action updated successfully")
-    return await U.sync(work)
-
-
-async def delete_action(request):
-    p = await C.require_auth(request)
-    ref = request.path_params["ref"]
-
-    def work():
-        db = C.db(request)
-        row = load_action(db, _cfg(request), p, ref)
-        U.rbac_authorize(db, p, "actions", "delete", pack_ref=row["pack_ref"], ref=ref)
-        db.execute("DELETE FROM action WHERE id = %s", (row["id"],))
-        return C.success(f"Action '{ref}' deleted successfully")
     return await U.sync(work)
 
 
@@ -276,9 +263,8 @@ async def action_rules(request):
     def work():
         db = C.db(request)
         load_action(db, _cfg(request), p, ref)
-        base = "SELECT * FROM rule WHERE action_ref = %s"
-        total = U.count(db, base, [ref])
-        rows = db.all(base + " ORDER BY ref LIMIT %s OFFSET %s", [ref, pg.limit, pg.offset])
+        rows, total = crud.page_rows(db, "SELECT * FROM rule WHERE action_ref = %s", [ref], pg,
+                                     "ref")
         return C.paginated([U.rule_summary(r) for r in rows], pg.page, pg.size, total=total)
     return await U.sync(work)
 
@@ -287,8 +273,11 @@ ROUTES = [
     Route("/api/v1/actions", list_actions, methods=["GET"]),
     Route("/api/v1/actions", create_action, methods=["POST"]),
     Route("/api/v1/actions/search", search_actions, methods=["GET"]),
-    Route("/api/v1/actions/{ref}", get_action, methods=["GET"]),
+    Route("/api/v1/actions/{ref}", crud.get_handler(load_action, U.action_response),
+          methods=["GET"]),
     Route("/api/v1/actions/{ref}", update_action, methods=["PUT"]),
-    Route("/api/v1/actions/{ref}", delete_action, methods=["DELETE"]),
+    Route("/api/v1/actions/{ref}",
+          crud.delete_handler("action", load_action, "Action", "actions", upstream_rbac=True),
+          methods=["DELETE"]),
     Route("/api/v1/actions/{ref}/rules", action_rules, methods=["GET"]),
 ]

@@ -5,6 +5,7 @@ from starlette.routing import Route
 
 from . import common as C
 from . import apib_util as U
+from . import crud
 from .routes_events import list_page
 
 STATUSES = ("created", "processed", "disabled")
@@ -38,7 +39,7 @@ async def list_enforcements(request):
             where.append(U.glob_condition("trigger_ref", trigger_ref, params))
         if rule_ref is not None:
             where.append(U.glob_condition("rule_ref", rule_ref, params))
-        sql = "SELECT * FROM enforcement" + (" WHERE " + " AND ".join(where) if where else "")
+        sql = "SELECT * FROM enforcement" + crud.where_clause(where)
         return list_page(db, request, p, sql, params, U.enforcement_summary, _pack)
     return await U.sync(work)
 
@@ -74,10 +75,8 @@ async def enforcement_executions(request):
     def work():
         db = C.db(request)
         _load(db, request, p, enf_id)
-        base = U.EXECUTION_SUMMARY_SELECT + " WHERE x.enforcement = %s"
-        total = U.count(db, base, [enf_id])
-        rows = db.all(base + " ORDER BY x.created DESC, x.id DESC LIMIT %s OFFSET %s",
-                      [enf_id, pg.limit, pg.offset])
+        rows, total = crud.page_rows(db, U.EXECUTION_SUMMARY_SELECT + " WHERE x.enforcement = %s",
+                                     [enf_id], pg, "x.created DESC, x.id DESC")
         return C.paginated([U.execution_summary(r) for r in rows], pg.page, pg.size, total=total)
     return await U.sync(work)
 

@@ -9,6 +9,7 @@ from .. import broker
 from ..db import J
 from . import common as C
 from . import apib_util as U
+from . import crud
 
 
 def list_page(db, request, principal, sql: str, params: list, serializer, pack_of=None,
@@ -24,9 +25,26 @@ def list_page(db, request, principal, sql: str, params: list, serializer, pack_o
     order = " ORDER BY created DESC, id DESC"
     cfg = request.app.state.cfg
     if pack_of is not None and U.owner_scoping(cfg):
+        # Filter hidden packs' rows in Python, reading the ordered listing in growing batches
+        # until the page (+1 row for has_next) is filled: a page no longer reads the whole table
+        # (only include_total, which needs every visible row, still does).
         cache: dict = {}
-        rows = [r for r in db.all(sql + order, params)
-                if not U.pack_hidden(db, cfg, principal, pack_of(r), cache)]
+        want = None if include_total else offset + limit + 1
+        # first batch sized to the page (a small page, e.g. per_page=1, reads a few rows only)
+        rows, seen, scanned, batch = [], set(), 0, max(20, 2 * (offset + limit + 1))
+        while True:
+            got = db.all(sql + order + " LIMIT %s OFFSET %s", params + [batch, scanned])
+            scanned += len(got)
+            for r in got:
+                key = r.get("id")
+                if key in seen:  # a row inserted meanwhile shifted the offsets
+                    continue
+                seen.add(key)
+                if not U.pack_hidden(db, cfg, principal, pack_of(r), cache):
+                    rows.append(r)
+            if len(got) < batch or (want is not None and len(rows) >= want):
+                break
+            batch = min(batch * 2, 5000)
         chunk = rows[offset:offset + limit]
         has_next = offset + limit < len(rows)
         return C.paginated([serializer(r) for r in chunk], page, size,
@@ -63,7 +81,7 @@ async def list_events(request):
             where.append(U.glob_condition("trigger_ref", trigger_ref, params))
         if rule_ref is not None:
             where.append(U.glob_condition("rule_ref", rule_ref, params))
-        sql = "SELECT * FROM event" + (" WHERE " + " AND ".join(where) if where else "")
+        sql = "SELECT * FROM event" + crud.where_clause(where)
         return list_page(db, request, p, sql, params, U.event_summary, _event_pack)
     return await U.sync(work)
 

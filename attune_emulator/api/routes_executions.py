@@ -10,7 +10,7 @@ from pathlib import Path
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
-from .. import broker
+from .. import audit, broker, keystore, secret_params
 from ..db import J
 from . import common as C
 from . import apib_util as U
@@ -102,12 +102,27 @@ async def execute(request):
         executor = p.identity_id if db.one("SELECT 1 AS x FROM identity WHERE id = %s",
                                            (p.identity_id,)) else None
         params = body["parameters"] if body["parameters"] is not None else {}
+        # `secret: true` parameters: redacted in config, stored encrypted (secret_params.py).
+        enc_key = request.app.state.cfg.get("security.encryption_key")
+        secrets = []
+        if enc_key:
+            params, secrets = secret_params.redact(
+                params, secret_params.secret_names(action.get("param_schema")))
         row = db.one(
             """INSERT INTO execution (action, action_ref, config, env_vars, parent, executor, status,
-                   permission_set_refs, workflow_def, max_retries)
-               VALUES (%s,%s,%s,%s,%s,%s,'requested',%s,%s,%s) RETURNING *""",
+                   permission_set_refs, workflow_def, max_retries, worker_selector,
+                   worker_tolerations, worker_affinity)
+               VALUES (%s,%s,%s,%s,%s,%s,'requested',%s,%s,%s,%s,%s,%s) RETURNING *""",
             (action["id"], action["ref"], J(params), J(body["env_vars"]), parent, executor,
-             J(list(refs)), action["workflow_def"], action.get("max_retries")))
+             J(list(refs)), action["workflow_def"], action.get("max_retries"),
+             J(body["worker_selector"] or None), J(body["worker_tolerations"] or None),
+             J(body["worker_affinity"] or None)))
+        if secrets:
+            keystore.store(db.execute, enc_key, "execution", row["id"], secrets)
+        audit.record_execution(db.execute, row, audit.EXECUTION_REQUESTED,
+                               actor_identity=executor, actor_login=p.login,
+                               actor_token_type=p.token_type,
+                               details={"action_ref": action["ref"], "parent_execution": parent})
         C.publish(request, broker.EXECUTIONS, "execution.requested", {"execution_id": row["id"]})
         return C.ok(U.execution_response(row), 201)
     return await U.sync(work)
@@ -174,6 +189,10 @@ async def get_execution(request):
         authorize_read(db, p, row)
         if reveal:
             authorize_read(db, p, row, "decrypt")
+            enc_key = request.app.state.cfg.get("security.encryption_key")
+            found = keystore.load_secrets(db.all, enc_key, "execution", row["id"])
+            if found:
+                row = dict(row, config=keystore.restore(row.get("config"), found))
         return C.ok(U.execution_response(row))
     return await U.sync(work)
 
@@ -272,20 +291,55 @@ def _cancel_children(db, request, parent_row: dict, policy: str, depth: int = 0)
             _cancel_one(db, request, child, cascade_running=(policy == "cancel_running"))
 
 
-def _cancel_workflow(db, request, row: dict, policy: str | None = None, depth: int = 0) -> dict:
+class _WorkflowStarted(Exception):
+    """The parent started (got its workflow_execution row) while we waited for its lock."""
+
+
+def _lock_and_cancel_workflow(db, exec_id: int) -> tuple[dict | None, bool]:
+    """Cancel a workflow parent in one transaction that holds, in the executor's lock order,
+    the workflow_execution row and then the parent's row (executor/workflows.py takes the same
+    locks to advance or complete a workflow). Whoever locks first decides: a completion that
+    committed first leaves the parent terminal here (-> 409 at the top level); a cancel that
+    commits first leaves it `cancelled`, which the executor never overwrites.
+    Returns (the parent row as committed, whether this call cancelled it)."""
+    with db.tx() as cur:
+        cur.execute("SELECT id FROM workflow_execution WHERE execution = %s FOR UPDATE", (exec_id,))
+        wf = cur.fetchone()
+        cur.execute("SELECT * FROM execution WHERE id = %s FOR UPDATE", (exec_id,))
+        row = cur.fetchone()
+        if row is None or row["status"] in U.TERMINAL or row["status"] == "canceling":
+            return row, False
+        if wf is None and row["status"] not in PENDING:
+            raise _WorkflowStarted()
+        cur.execute("UPDATE execution SET status = 'cancelled', result = %s WHERE id = %s "
+                    "RETURNING *",
+                    (J({"error": "Workflow cancelled by user", "succeeded": False}
+                       if row["status"] not in PENDING else CANCEL_BEFORE_START), exec_id))
+        row = cur.fetchone()
+        cur.execute("UPDATE workflow_execution SET status = 'cancelled' WHERE execution = %s "
+                    "AND NOT (status = ANY(%s::execution_status_enum[]))",
+                    (exec_id, list(U.TERMINAL)))
+        return row, True
+
+
+def _cancel_workflow(db, request, row: dict, policy: str | None = None, depth: int = 0,
+                     outcome: dict | None = None) -> dict:
     policy = policy or _cancellation_policy(db, row)
-    new = db.one("UPDATE execution SET status = 'cancelled', result = %s WHERE id = %s "
-                 "AND NOT (status = ANY(%s::execution_status_enum[])) RETURNING *",
-                 (J({"error": "Workflow cancelled by user", "succeeded": False}
-                    if row["status"] not in PENDING else CANCEL_BEFORE_START),
-                  row["id"], list(U.TERMINAL) + ["canceling"]))
+    for _attempt in range(5):
+        try:
+            new, changed = _lock_and_cancel_workflow(db, row["id"])
+            break
+        except _WorkflowStarted:
+            continue
+    else:
+        new, changed = db.one("SELECT * FROM execution WHERE id = %s", (row["id"],)), False
+    if outcome is not None:
+        outcome["changed"] = changed
     if new is not None:
-        db.execute("UPDATE workflow_execution SET status = 'cancelled' WHERE execution = %s "
-                   "AND NOT (status = ANY(%s::execution_status_enum[]))",
-                   (row["id"], list(U.TERMINAL)))
-        C.publish(request, broker.EXECUTIONS, "execution.completed",
-                  {"execution_id": new["id"], "status": "cancelled"})
         row = new
+    if changed:
+        C.publish(request, broker.EXECUTIONS, "execution.completed",
+                  {"execution_id": row["id"], "status": "cancelled"})
     _cancel_children(db, request, row, policy, depth)
     return row
 
@@ -306,7 +360,12 @@ async def cancel(request):
         if row["status"] == "canceling":
             return C.ok(U.execution_response(row))
         if _is_workflow(db, row):
-            row = _cancel_workflow(db, request, row)
+            outcome: dict = {}
+            row = _cancel_workflow(db, request, row, outcome=outcome)
+            if not outcome.get("changed") and row["status"] in U.TERMINAL:
+                # the workflow completed before the cancel got its lock: the completion won
+                raise C.conflict(f"Execution {exec_id} is in status '{row['status']}' "
+                                 "and cannot be cancelled")
         else:
             row = _cancel_one(db, request, row, cascade_running=True)
             if row["status"] in ("completed", "failed", "timeout", "abandoned"):

@@ -274,15 +274,22 @@ async def create_set_role(request: Request) -> Response:
     return ok(await run_sync(work), status=201)
 
 
-async def delete_set_role(request: Request) -> Response:
-    principal = await require_auth(request)
-    assignment_id = path_int(request, "id")
-    await _authorize(request, principal, "permissions", "manage")
-    n = await run_sync(request.app.state.db.execute,
-                       "DELETE FROM permission_set_role_assignment WHERE id = %s", (assignment_id,))
-    if not n:
-        raise not_found(f"Permission set role assignment '{assignment_id}' not found")
-    return ok({"success": True, "message": "Permission set role assignment deleted successfully"})
+def _delete_assignment(table: str, noun: str):
+    """DELETE of an assignment row by id (`permissions:manage`); none deleted -> 404."""
+    async def handler(request: Request) -> Response:
+        principal = await require_auth(request)
+        assignment_id = path_int(request, "id")
+        await _authorize(request, principal, "permissions", "manage")
+        n = await run_sync(request.app.state.db.execute,
+                           f"DELETE FROM {table} WHERE id = %s", (assignment_id,))
+        if not n:
+            raise not_found(f"{noun} '{assignment_id}' not found")
+        return ok({"success": True, "message": f"{noun} deleted successfully"})
+    return handler
+
+
+delete_set_role = _delete_assignment("permission_set_role_assignment",
+                                     "Permission set role assignment")
 
 
 # ------------------------------------------------------------------------------ permission sets
@@ -363,15 +370,7 @@ async def create_assignment(request: Request) -> Response:
     return ok(await run_sync(work), status=201)
 
 
-async def delete_assignment(request: Request) -> Response:
-    principal = await require_auth(request)
-    assignment_id = path_int(request, "id")
-    await _authorize(request, principal, "permissions", "manage")
-    n = await run_sync(request.app.state.db.execute,
-                       "DELETE FROM permission_assignment WHERE id = %s", (assignment_id,))
-    if not n:
-        raise not_found(f"Permission assignment '{assignment_id}' not found")
-    return ok({"success": True, "message": "Permission assignment deleted successfully"})
+delete_assignment = _delete_assignment("permission_assignment", "Permission assignment")
 
 
 P = "/api/v1"

@@ -9,6 +9,7 @@ from .. import broker
 from ..db import J, parse_ts, utcnow
 from . import common as C
 from . import apib_util as U
+from . import crud
 
 STATUSES = ("pending", "responded", "timeout", "cancelled")
 PATH_STATUSES = {"pending": "pending", "responded": "responded", "timeout": "timeout",
@@ -53,7 +54,7 @@ async def list_inquiries(request):
             if val is not None:
                 where.append(f"{col} = %s")
                 params.append(val)
-        sql = "SELECT * FROM inquiry" + (" WHERE " + " AND ".join(where) if where else "")
+        sql = "SELECT * FROM inquiry" + crud.where_clause(where)
         rows = _filtered(db, request, p, db.all(sql + " ORDER BY created DESC, id DESC", params))
         chunk = rows[offset:offset + limit] if limit > 0 else []
         page = (offset // limit) + 1 if limit > 0 else 1
@@ -91,10 +92,8 @@ async def execution_inquiries(request):
         if row is None or U.pack_hidden(db, request.app.state.cfg, p,
                                         row["action_ref"].split(".", 1)[0]):
             raise C.not_found(f"Execution with ID {exec_id} not found")
-        base = "SELECT * FROM inquiry WHERE execution = %s"
-        total = U.count(db, base, [exec_id])
-        rows = db.all(base + " ORDER BY created DESC, id DESC LIMIT %s OFFSET %s",
-                      [exec_id, pg.limit, pg.offset])
+        rows, total = crud.page_rows(db, "SELECT * FROM inquiry WHERE execution = %s", [exec_id],
+                                     pg, "created DESC, id DESC")
         return C.paginated([U.inquiry_summary(r) for r in rows], pg.page, pg.size, total=total)
     return await U.sync(work)
 

@@ -11,9 +11,11 @@ from pathlib import Path
 from starlette.routing import Route
 
 from .. import broker
+from .. import pack_store
 from .. import packs as packs_mod
 from . import common as C
 from . import apib_util as U
+from . import crud
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +83,7 @@ async def create_pack(request):
     def work():
         db = C.db(request)
         ref = body["ref"]
-        if db.one("SELECT id FROM pack WHERE ref = %s", (ref,)):
-            raise C.conflict(f"Pack with ref '{ref}' already exists")
+        crud.ensure_new_ref(db, "pack", ref, "Pack")
         U.rbac_authorize(db, p, "packs", "create", ref=ref, pack_ref=ref)
         installed_by = p.identity_id if (p.token_type == "access" and not body["is_standard"]) else None
         row = db.one(
@@ -152,9 +153,7 @@ async def update_pack(request):
         row = load_visible_pack(db, p, ref)
         U.rbac_authorize(db, p, "packs", "configure", ref=ref, pack_ref=ref,
                          owner_identity=row.get("installed_by"))
-        if sets:
-            row = db.one(f"UPDATE pack SET {', '.join(sets)} WHERE id = %s RETURNING *",
-                         params + [row["id"]])
+        row = crud.update_row(db, "pack", row, sets, params)
         return C.ok(U.pack_response(row), message="Pack updated successfully")
     return await U.sync(work)
 
@@ -171,9 +170,9 @@ async def delete_pack(request):
         rules = db.all("SELECT id, ref, trigger_ref FROM rule WHERE pack = %s", (row["id"],))
         db.execute("DELETE FROM pack WHERE id = %s", (row["id"],))
         base = _packs_base(request)
-        target = base / ref
-        if ref and target.resolve().parent == base.resolve() and target.exists():
-            shutil.rmtree(target, ignore_errors=True)
+        if ref and "/" not in ref and not ref.startswith("."):
+            # the link (or plain folder) and every version no running execution holds
+            pack_store.remove_pack(base, ref)
         for r in rules:
             C.publish(request, broker.EVENTS, "rule.deleted",
                       {"rule_id": r["id"], "rule_ref": r["ref"], "trigger_ref": r["trigger_ref"]})
@@ -254,21 +253,22 @@ async def upload_pack(request):
             if not ref or "/" in ref or ref.startswith("."):
                 raise C.bad_request(f"Invalid pack ref '{ref}'")
             final = base / ref
-            trash = None
-            if final.exists():
-                trash = base / f".old-{ref}-{uuid.uuid4().hex}"
-                final.rename(trash)
-            shutil.move(str(root), str(final))
-            if trash is not None:
-                shutil.rmtree(trash, ignore_errors=True)
+            # a new version directory, registered, then swapped in atomically; running
+            # executions keep the version they started with (pack_store.py)
+            version = pack_store.install_version(base, ref, root)
             changes: list = []
             try:
-                row = packs_mod.register_pack_dir(db, request.app.state.cfg, final, force=force,
+                row = packs_mod.register_pack_dir(db, request.app.state.cfg, version, force=force,
                                                   skip_tests=skip_tests, is_standard=False,
                                                   installed_by=None, storage_path=str(final),
                                                   changes=changes)
-            except packs_mod.PackError as exc:
-                raise _pack_error(exc) from None
+            except BaseException as exc:
+                shutil.rmtree(version, ignore_errors=True)
+                if isinstance(exc, packs_mod.PackError):
+                    raise _pack_error(exc) from None
+                raise
+            pack_store.activate(base, ref, version)
+            pack_store.collect(base, ref)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         _publish_rule_changes(request, changes)
@@ -282,14 +282,8 @@ async def upload_pack(request):
 
 
 # ------------------------------------------------------------------ per-pack lists
-def _pack_for_list(db, request, principal, ref):
-    row = db.one("SELECT * FROM pack WHERE ref = %s", (ref,))
-    if row is None or (U.owner_scoping(request) and not U.pack_visible(db, principal, row)):
-        raise C.not_found(f"Pack '{ref}' not found")
-    return row
-
-
-def _per_pack(sql_from: str, order: str, serializer):
+def _per_pack(select: str, alias: str, serializer):
+    """GET /packs/{ref}/<components>: the pack's rows (`<alias>.pack`), by ref, paged."""
     async def handler(request):
         p = await C.require_auth(request)
         pg = C.page_params(request)
@@ -297,35 +291,19 @@ def _per_pack(sql_from: str, order: str, serializer):
 
         def work():
             db = C.db(request)
-            pack = _pack_for_list(db, request, p, ref)
-            base = f"{sql_from} WHERE {sql_from.split()[-1]}.pack = %s"
-            total = U.count(db, base, [pack["id"]])
-            rows = db.all(f"{base} ORDER BY {order} LIMIT %s OFFSET %s",
-                          [pack["id"], pg.limit, pg.offset])
+            pack = crud.load_pack(db, request.app.state.cfg, p, ref)
+            rows, total = crud.page_rows(db, f"{select} WHERE {alias}.pack = %s", [pack["id"]], pg,
+                                         f"{alias}.ref")
             return C.paginated([serializer(r) for r in rows], pg.page, pg.size, total=total)
         return await U.sync(work)
     return handler
 
 
-async def list_pack_actions(request):
-    p = await C.require_auth(request)
-    pg = C.page_params(request)
-    ref = request.path_params["ref"]
-
-    def work():
-        db = C.db(request)
-        pack = _pack_for_list(db, request, p, ref)
-        base = f"{U.ACTION_SELECT} WHERE a.pack = %s"
-        total = U.count(db, base, [pack["id"]])
-        rows = db.all(f"{base} ORDER BY a.ref LIMIT %s OFFSET %s", [pack["id"], pg.limit, pg.offset])
-        return C.paginated([U.action_summary(r) for r in rows], pg.page, pg.size, total=total)
-    return await U.sync(work)
-
-
-list_pack_triggers = _per_pack("SELECT t.* FROM trigger t", "t.ref", U.trigger_summary)
-list_pack_sensors = _per_pack("SELECT s.* FROM sensor s", "s.ref", U.sensor_summary)
-list_pack_rules = _per_pack("SELECT r.* FROM rule r", "r.ref", U.rule_summary)
-list_pack_workflows = _per_pack("SELECT w.* FROM workflow_definition w", "w.ref", U.workflow_summary)
+list_pack_actions = _per_pack(U.ACTION_SELECT, "a", U.action_summary)
+list_pack_triggers = _per_pack("SELECT t.* FROM trigger t", "t", U.trigger_summary)
+list_pack_sensors = _per_pack("SELECT s.* FROM sensor s", "s", U.sensor_summary)
+list_pack_rules = _per_pack("SELECT r.* FROM rule r", "r", U.rule_summary)
+list_pack_workflows = _per_pack("SELECT w.* FROM workflow_definition w", "w", U.workflow_summary)
 
 
 ROUTES = [

@@ -9,13 +9,11 @@ from .. import validation
 from ..db import J
 from . import common as C
 from . import apib_util as U
+from . import crud
 
 
 def load_rule(db, cfg, principal, ref: str) -> dict:
-    row = db.one("SELECT * FROM rule WHERE ref = %s", (ref,))
-    if row is None or U.pack_hidden(db, cfg, principal, row["pack_ref"]):
-        raise C.not_found(f"Rule '{ref}' not found")
-    return row
+    return crud.load_by_ref(db, cfg, principal, "SELECT * FROM rule WHERE ref = %s", ref, "Rule")
 
 
 def publish_rule(request, key: str, row: dict) -> None:
@@ -40,38 +38,6 @@ def validate_rule_params(action: dict | None, trigger: dict | None, action_param
         raise C.validation_error(str(exc)) from None
 
 
-def _list(enabled_only: bool):
-    async def handler(request):
-        p = await C.require_auth(request)
-        pg = C.page_params(request)
-
-        def work():
-            db = C.db(request)
-            cfg = request.app.state.cfg
-            base = "SELECT * FROM rule" + (" WHERE enabled" if enabled_only else "")
-            if U.owner_scoping(cfg):
-                cache: dict = {}
-                rows = [r for r in db.all(base + " ORDER BY ref")
-                        if not U.pack_hidden(db, cfg, p, r["pack_ref"], cache)]
-                total = len(rows)
-                rows = rows[pg.offset:pg.offset + pg.limit]
-            else:
-                total = U.count(db, base, [])
-                rows = db.all(base + " ORDER BY ref LIMIT %s OFFSET %s", [pg.limit, pg.offset])
-            return C.paginated([U.rule_summary(r) for r in rows], pg.page, pg.size, total=total)
-        return await U.sync(work)
-    return handler
-
-
-async def get_rule(request):
-    p = await C.require_auth(request)
-    ref = request.path_params["ref"]
-
-    def work():
-        return C.ok(U.rule_response(load_rule(C.db(request), request.app.state.cfg, p, ref)))
-    return await U.sync(work)
-
-
 CREATE_SPEC = {
     "ref": C.Field(str, required=True, min_len=1, max_len=255),
     "pack_ref": C.Field(str, required=True, min_len=1, max_len=255),
@@ -84,6 +50,7 @@ CREATE_SPEC = {
     "trigger_params": C.Field(dict, default=dict),
     "permission_set_refs": C.Field(list, items=str),
     "enabled": C.Field(bool, default=True, nullable=False),
+    "notify_on_trigger": C.Field(bool, default=False, nullable=False),  # extension E11
 }
 
 
@@ -95,17 +62,12 @@ async def create_rule(request):
         db = C.db(request)
         cfg = request.app.state.cfg
         ref = body["ref"]
-        if db.one("SELECT id FROM rule WHERE ref = %s", (ref,)):
-            raise C.conflict(f"Rule with ref '{ref}' already exists")
-        pack = db.one("SELECT * FROM pack WHERE ref = %s", (body["pack_ref"],))
-        if pack is None or U.pack_hidden(db, cfg, p, pack["ref"]):
-            raise C.not_found(f"Pack '{body['pack_ref']}' not found")
-        action = db.one("SELECT * FROM action WHERE ref = %s", (body["action_ref"],))
-        if action is None or U.pack_hidden(db, cfg, p, action["pack_ref"]):
-            raise C.not_found(f"Action '{body['action_ref']}' not found")
-        trigger = db.one("SELECT * FROM trigger WHERE ref = %s", (body["trigger_ref"],))
-        if trigger is None or U.pack_hidden(db, cfg, p, trigger["pack_ref"]):
-            raise C.not_found(f"Trigger '{body['trigger_ref']}' not found")
+        crud.ensure_new_ref(db, "rule", ref, "Rule")
+        pack = crud.load_pack(db, cfg, p, body["pack_ref"])
+        action = crud.load_by_ref(db, cfg, p, "SELECT * FROM action WHERE ref = %s",
+                                  body["action_ref"], "Action")
+        trigger = crud.load_by_ref(db, cfg, p, "SELECT * FROM trigger WHERE ref = %s",
+                                   body["trigger_ref"], "Trigger")
         U.rbac_authorize(db, p, "rules", "create", pack_ref=pack["ref"], ref=ref)
         if body["permission_set_refs"]:
             U.check_delegation(db, p, body["permission_set_refs"])
@@ -114,12 +76,13 @@ async def create_rule(request):
         row = db.one(
             """INSERT INTO rule (ref, pack, pack_ref, label, description, action, action_ref,
                    trigger, trigger_ref, conditions, action_params, trigger_params,
-                   permission_set_refs, enabled, is_adhoc, owner_identity)
-               VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,true,%s) RETURNING *""",
+                   permission_set_refs, enabled, is_adhoc, owner_identity, notify_on_trigger)
+               VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,true,%s,%s) RETURNING *""",
             (ref, pack["id"], pack["ref"], body["label"], body["description"], action["id"],
              action["ref"], trigger["id"], trigger["ref"], J(conditions),
              J(body["action_params"] or {}), J(body["trigger_params"] or {}),
-             J(body["permission_set_refs"]), body["enabled"], p.identity_id))
+             J(body["permission_set_refs"]), body["enabled"], p.identity_id,
+             bool(body["notify_on_trigger"])))
         publish_rule(request, "rule.created", row)
         return C.ok(U.rule_response(row), 201, "Rule created successfully")
     return await U.sync(work)
@@ -135,6 +98,7 @@ UPDATE_SPEC = {
     "trigger_params": C.Field(dict),
     "permission_set_refs": C.Field(list, items=str),
     "enabled": C.Field(bool),
+    "notify_on_trigger": C.Field(bool),  # extension E11
 }
 
 
@@ -172,7 +136,7 @@ async def update_rule(request):
         action_params = body["action_params"] if body.get("action_params") is not None else row["action_params"]
         trigger_params = body["trigger_params"] if body.get("trigger_params") is not None else row["trigger_params"]
         validate_rule_params(check_action, check_trigger, action_params, trigger_params)
-        for name in ("label", "description", "enabled"):
+        for name in ("label", "description", "enabled", "notify_on_trigger"):
             if body.get(name) is not None:
                 sets.append(f"{name} = %s")
                 params.append(body[name])
@@ -185,10 +149,7 @@ async def update_rule(request):
                 U.check_delegation(db, p, body["permission_set_refs"])
             sets.append("permission_set_refs = %s")
             params.append(J(body["permission_set_refs"]))
-        new = row
-        if sets:
-            new = db.one(f"UPDATE rule SET {', '.join(sets)} WHERE id = %s RETURNING *",
-                         params + [row["id"]])
+        new = crud.update_row(db, "rule", row, sets, params)
         if (new["enabled"] != row["enabled"] or new["trigger_ref"] != row["trigger_ref"]
                 or new["trigger_params"] != row["trigger_params"]):
             publish_rule(request, "rule.enabled" if new["enabled"] else "rule.disabled", new)
@@ -196,45 +157,29 @@ async def update_rule(request):
     return await U.sync(work)
 
 
-async def delete_rule(request):
-    p = await C.require_auth(request)
-    ref = request.path_params["ref"]
+def _publish_deleted(request, row) -> None:
+    publish_rule(request, "rule.deleted", row)
 
-    def work():
-        db = C.db(request)
-        row = load_rule(db, request.app.state.cfg, p, ref)
-        U.rbac_authorize(db, p, "rules", "delete", pack_ref=row["pack_ref"], ref=ref)
-        db.execute("DELETE FROM rule WHERE id = %s", (row["id"],))
-        publish_rule(request, "rule.deleted", row)
-        return C.success(f"Rule '{ref}' deleted successfully")
-    return await U.sync(work)
+
+def _publish_toggled(request, row) -> None:
+    publish_rule(request, "rule.enabled" if row["enabled"] else "rule.disabled", row)
 
 
 def _toggle(enabled: bool):
-    async def handler(request):
-        p = await C.require_auth(request)
-        ref = request.path_params["ref"]
-
-        def work():
-            db = C.db(request)
-            row = load_rule(db, request.app.state.cfg, p, ref)
-            U.mutation_rbac(request, db, p, "rules", "update", pack_ref=row["pack_ref"], ref=ref)
-            row = db.one("UPDATE rule SET enabled = %s WHERE id = %s RETURNING *",
-                         (enabled, row["id"]))
-            publish_rule(request, "rule.enabled" if enabled else "rule.disabled", row)
-            word = "enabled" if enabled else "disabled"
-            return C.ok(U.rule_response(row), message=f"Rule {word} successfully")
-        return await U.sync(work)
-    return handler
+    return crud.toggle_handler("rule", load_rule, "rules", U.rule_response, enabled, noun="Rule",
+                               after=_publish_toggled)
 
 
 ROUTES = [
-    Route("/api/v1/rules", _list(False), methods=["GET"]),
+    Route("/api/v1/rules", crud.list_handler("rule", U.rule_summary, False), methods=["GET"]),
     Route("/api/v1/rules", create_rule, methods=["POST"]),
-    Route("/api/v1/rules/enabled", _list(True), methods=["GET"]),
-    Route("/api/v1/rules/{ref}", get_rule, methods=["GET"]),
+    Route("/api/v1/rules/enabled", crud.list_handler("rule", U.rule_summary, True),
+          methods=["GET"]),
+    Route("/api/v1/rules/{ref}", crud.get_handler(load_rule, U.rule_response), methods=["GET"]),
     Route("/api/v1/rules/{ref}", update_rule, methods=["PUT"]),
-    Route("/api/v1/rules/{ref}", delete_rule, methods=["DELETE"]),
+    Route("/api/v1/rules/{ref}", crud.delete_handler("rule", load_rule, "Rule", "rules",
+                                                     upstream_rbac=True, after=_publish_deleted),
+          methods=["DELETE"]),
     Route("/api/v1/rules/{ref}/enable", _toggle(True), methods=["POST"]),
     Route("/api/v1/rules/{ref}/disable", _toggle(False), methods=["POST"]),
 ]

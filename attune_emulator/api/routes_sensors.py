@@ -6,40 +6,11 @@ from starlette.routing import Route
 from ..db import J
 from . import common as C
 from . import apib_util as U
+from . import crud
 
 
 def load_sensor(db, cfg, principal, ref: str) -> dict:
-    row = db.one("SELECT * FROM sensor WHERE ref = %s", (ref,))
-    if row is None or U.pack_hidden(db, cfg, principal, row["pack_ref"]):
-        raise C.not_found(f"Sensor '{ref}' not found")
-    return row
-
-
-def _list(enabled_only: bool):
-    async def handler(request):
-        p = await C.require_auth(request)
-        pg = C.page_params(request)
-
-        def work():
-            db = C.db(request)
-            cfg = request.app.state.cfg
-            base = "SELECT * FROM sensor" + (" WHERE enabled" if enabled_only else "")
-            cache: dict = {}
-            rows = [r for r in db.all(base + " ORDER BY ref")
-                    if not U.pack_hidden(db, cfg, p, r["pack_ref"], cache)]
-            page = rows[pg.offset:pg.offset + pg.limit]
-            return C.paginated([U.sensor_summary(r) for r in page], pg.page, pg.size, total=len(rows))
-        return await U.sync(work)
-    return handler
-
-
-async def get_sensor(request):
-    p = await C.require_auth(request)
-    ref = request.path_params["ref"]
-
-    def work():
-        return C.ok(U.sensor_response(load_sensor(C.db(request), request.app.state.cfg, p, ref)))
-    return await U.sync(work)
+    return crud.load_by_ref(db, cfg, principal, "SELECT * FROM sensor WHERE ref = %s", ref, "Sensor")
 
 
 CREATE_SPEC = {
@@ -67,11 +38,8 @@ async def create_sensor(request):
         db = C.db(request)
         cfg = request.app.state.cfg
         ref = body["ref"]
-        if db.one("SELECT id FROM sensor WHERE ref = %s", (ref,)):
-            raise C.conflict(f"Sensor with ref '{ref}' already exists")
-        pack = db.one("SELECT * FROM pack WHERE ref = %s", (body["pack_ref"],))
-        if pack is None or U.pack_hidden(db, cfg, p, pack["ref"]):
-            raise C.not_found(f"Pack '{body['pack_ref']}' not found")
+        crud.ensure_new_ref(db, "sensor", ref, "Sensor")
+        pack = crud.load_pack(db, cfg, p, body["pack_ref"])
         runtime = db.one("SELECT id, ref FROM runtime WHERE ref = %s", (body["runtime_ref"],))
         if runtime is None:
             raise C.not_found(f"Runtime '{body['runtime_ref']}' not found")
@@ -134,50 +102,29 @@ async def update_sensor(request):
         if isinstance(body.get("config"), dict):
             sets.append("config = %s")
             params.append(J(body["config"]))
-        if sets:
-            row = db.one(f"UPDATE sensor SET {', '.join(sets)} WHERE id = %s RETURNING *",
-                         params + [row["id"]])
+        row = crud.update_row(db, "sensor", row, sets, params)
         return C.ok(U.sensor_response(row), message="Sensor updated successfully")
     return await U.sync(work)
 
 
-async def delete_sensor(request):
-    p = await C.require_auth(request)
-    ref = request.path_params["ref"]
-
-    def work():
-        db = C.db(request)
-        row = load_sensor(db, request.app.state.cfg, p, ref)
-        U.mutation_rbac(request, db, p, "triggers", "delete", pack_ref=row["pack_ref"], ref=ref)
-        db.execute("DELETE FROM sensor WHERE id = %s", (row["id"],))
-        return C.success(f"Sensor '{ref}' deleted successfully")
-    return await U.sync(work)
+def _list(enabled_only: bool):
+    return crud.list_handler("sensor", U.sensor_summary, enabled_only, sql_paging=False)
 
 
 def _toggle(enabled: bool):
-    async def handler(request):
-        p = await C.require_auth(request)
-        ref = request.path_params["ref"]
-
-        def work():
-            db = C.db(request)
-            row = load_sensor(db, request.app.state.cfg, p, ref)
-            U.mutation_rbac(request, db, p, "triggers", "update", pack_ref=row["pack_ref"], ref=ref)
-            row = db.one("UPDATE sensor SET enabled = %s WHERE id = %s RETURNING *",
-                         (enabled, row["id"]))
-            return C.ok(U.sensor_response(row),
-                        message=f"Sensor {'enabled' if enabled else 'disabled'} successfully")
-        return await U.sync(work)
-    return handler
+    return crud.toggle_handler("sensor", load_sensor, "triggers", U.sensor_response, enabled,
+                               noun="Sensor")
 
 
 ROUTES = [
     Route("/api/v1/sensors", _list(False), methods=["GET"]),
     Route("/api/v1/sensors", create_sensor, methods=["POST"]),
     Route("/api/v1/sensors/enabled", _list(True), methods=["GET"]),
-    Route("/api/v1/sensors/{ref}", get_sensor, methods=["GET"]),
+    Route("/api/v1/sensors/{ref}", crud.get_handler(load_sensor, U.sensor_response),
+          methods=["GET"]),
     Route("/api/v1/sensors/{ref}", update_sensor, methods=["PUT"]),
-    Route("/api/v1/sensors/{ref}", delete_sensor, methods=["DELETE"]),
+    Route("/api/v1/sensors/{ref}", crud.delete_handler("sensor", load_sensor, "Sensor", "triggers"),
+          methods=["DELETE"]),
     Route("/api/v1/sensors/{ref}/enable", _toggle(True), methods=["POST"]),
     Route("/api/v1/sensors/{ref}/disable", _toggle(False), methods=["POST"]),
 ]

@@ -7,45 +7,12 @@ from starlette.routing import Route
 from ..db import J
 from . import common as C
 from . import apib_util as U
+from . import crud
 
 
 def load_trigger(db, cfg, principal, ref: str) -> dict:
-    row = db.one("SELECT * FROM trigger WHERE ref = %s", (ref,))
-    if row is None or U.pack_hidden(db, cfg, principal, row["pack_ref"]):
-        raise C.not_found(f"Trigger '{ref}' not found")
-    return row
-
-
-def _list(enabled_only: bool):
-    async def handler(request):
-        p = await C.require_auth(request)
-        pg = C.page_params(request)
-
-        def work():
-            db = C.db(request)
-            cfg = request.app.state.cfg
-            base = "SELECT * FROM trigger" + (" WHERE enabled" if enabled_only else "")
-            if U.owner_scoping(cfg):
-                cache: dict = {}
-                rows = [r for r in db.all(base + " ORDER BY ref")
-                        if not U.pack_hidden(db, cfg, p, r["pack_ref"], cache)]
-                total = len(rows)
-                rows = rows[pg.offset:pg.offset + pg.limit]
-            else:
-                total = U.count(db, base, [])
-                rows = db.all(base + " ORDER BY ref LIMIT %s OFFSET %s", [pg.limit, pg.offset])
-            return C.paginated([U.trigger_summary(r) for r in rows], pg.page, pg.size, total=total)
-        return await U.sync(work)
-    return handler
-
-
-async def get_trigger(request):
-    p = await C.require_auth(request)
-    ref = request.path_params["ref"]
-
-    def work():
-        return C.ok(U.trigger_response(load_trigger(C.db(request), request.app.state.cfg, p, ref)))
-    return await U.sync(work)
+    return crud.load_by_ref(db, cfg, principal, "SELECT * FROM trigger WHERE ref = %s", ref,
+                            "Trigger")
 
 
 CREATE_SPEC = {
@@ -66,13 +33,10 @@ async def create_trigger(request):
     def work():
         db = C.db(request)
         ref = body["ref"]
-        if db.one("SELECT id FROM trigger WHERE ref = %s", (ref,)):
-            raise C.conflict(f"Trigger with ref '{ref}' already exists")
+        crud.ensure_new_ref(db, "trigger", ref, "Trigger")
         pack = None
         if body["pack_ref"] is not None:
-            pack = db.one("SELECT * FROM pack WHERE ref = %s", (body["pack_ref"],))
-            if pack is None or U.pack_hidden(db, request.app.state.cfg, p, pack["ref"]):
-                raise C.not_found(f"Pack '{body['pack_ref']}' not found")
+            pack = crud.load_pack(db, request.app.state.cfg, p, body["pack_ref"])
         U.mutation_rbac(request, db, p, "triggers", "create",
                         pack_ref=pack["ref"] if pack else None, ref=ref)
         row = db.one(
@@ -115,40 +79,14 @@ async def update_trigger(request):
         db = C.db(request)
         row = load_trigger(db, request.app.state.cfg, p, ref)
         U.mutation_rbac(request, db, p, "triggers", "update", pack_ref=row["pack_ref"], ref=ref)
-        if sets:
-            row = db.one(f"UPDATE trigger SET {', '.join(sets)} WHERE id = %s RETURNING *",
-                         params + [row["id"]])
+        row = crud.update_row(db, "trigger", row, sets, params)
         return C.ok(U.trigger_response(row), message="Trigger updated successfully")
     return await U.sync(work)
 
 
-async def delete_trigger(request):
-    p = await C.require_auth(request)
-    ref = request.path_params["ref"]
-
-    def work():
-        db = C.db(request)
-        row = load_trigger(db, request.app.state.cfg, p, ref)
-        U.mutation_rbac(request, db, p, "triggers", "delete", pack_ref=row["pack_ref"], ref=ref)
-        db.execute("DELETE FROM trigger WHERE id = %s", (row["id"],))
-        return C.success(f"Trigger '{ref}' deleted successfully")
-    return await U.sync(work)
-
-
 def _toggle(enabled: bool):
-    async def handler(request):
-        p = await C.require_auth(request)
-        ref = request.path_params["ref"]
-
-        def work():
-            db = C.db(request)
-            row = load_trigger(db, request.app.state.cfg, p, ref)
-            U.mutation_rbac(request, db, p, "triggers", "update", pack_ref=row["pack_ref"], ref=ref)
-            row = db.one("UPDATE trigger SET enabled = %s WHERE id = %s RETURNING *",
-                         (enabled, row["id"]))
-            return C.ok(U.trigger_response(row))
-        return await U.sync(work)
-    return handler
+    # upstream answers enable/disable without a message
+    return crud.toggle_handler("trigger", load_trigger, "triggers", U.trigger_response, enabled)
 
 
 async def trigger_rules(request):
@@ -159,9 +97,8 @@ async def trigger_rules(request):
     def work():
         db = C.db(request)
         load_trigger(db, request.app.state.cfg, p, ref)
-        base = "SELECT * FROM rule WHERE trigger_ref = %s"
-        total = U.count(db, base, [ref])
-        rows = db.all(base + " ORDER BY ref LIMIT %s OFFSET %s", [ref, pg.limit, pg.offset])
+        rows, total = crud.page_rows(db, "SELECT * FROM rule WHERE trigger_ref = %s", [ref], pg,
+                                     "ref")
         return C.paginated([U.rule_summary(r) for r in rows], pg.page, pg.size, total=total)
     return await U.sync(work)
 
@@ -173,20 +110,22 @@ async def trigger_sensors(request):
 
     def work():
         db = C.db(request)
-        base = "SELECT * FROM sensor"
-        total = U.count(db, base, [])
-        rows = db.all(base + " ORDER BY ref LIMIT %s OFFSET %s", [pg.limit, pg.offset])
+        rows, total = crud.page_rows(db, "SELECT * FROM sensor", [], pg, "ref")
         return C.paginated([U.sensor_summary(r) for r in rows], pg.page, pg.size, total=total)
     return await U.sync(work)
 
 
 ROUTES = [
-    Route("/api/v1/triggers", _list(False), methods=["GET"]),
+    Route("/api/v1/triggers", crud.list_handler("trigger", U.trigger_summary, False),
+          methods=["GET"]),
     Route("/api/v1/triggers", create_trigger, methods=["POST"]),
-    Route("/api/v1/triggers/enabled", _list(True), methods=["GET"]),
-    Route("/api/v1/triggers/{ref}", get_trigger, methods=["GET"]),
+    Route("/api/v1/triggers/enabled", crud.list_handler("trigger", U.trigger_summary, True),
+          methods=["GET"]),
+    Route("/api/v1/triggers/{ref}", crud.get_handler(load_trigger, U.trigger_response),
+          methods=["GET"]),
     Route("/api/v1/triggers/{ref}", update_trigger, methods=["PUT"]),
-    Route("/api/v1/triggers/{ref}", delete_trigger, methods=["DELETE"]),
+    Route("/api/v1/triggers/{ref}",
+          crud.delete_handler("trigger", load_trigger, "Trigger", "triggers"), methods=["DELETE"]),
     Route("/api/v1/triggers/{ref}/enable", _toggle(True), methods=["POST"]),
     Route("/api/v1/triggers/{ref}/disable", _toggle(False), methods=["POST"]),
     Route("/api/v1/triggers/{ref}/rules", trigger_rules, methods=["GET"]),

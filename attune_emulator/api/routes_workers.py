@@ -50,8 +50,11 @@ def _summary(row: dict, load: dict, stale_after: float) -> dict:
     age = None
     stale = True
     if row["last_heartbeat"] is not None:
-        age = max(int((utcnow() - row["last_heartbeat"]).total_seconds()), 0)
-        stale = age > stale_after
+        seconds = max((utcnow() - row["last_heartbeat"]).total_seconds(), 0.0)
+        age = int(seconds)  # whole seconds on the wire, as upstream
+        # Compare the exact age: rounding first made a worker 3.5 s silent read fresh against a
+        # 3 s threshold while the executor (exact) had already marked it inactive.
+        stale = seconds > stale_after
     total_active = sum(load.values())
     status = row["status"]
     if status == "active" and total_active > 0:

@@ -11,13 +11,12 @@ from .. import packs as packs_mod
 from ..db import J
 from . import common as C
 from . import apib_util as U
+from . import crud
 
 
 def load_workflow(db, cfg, principal, ref: str) -> dict:
-    row = db.one("SELECT * FROM workflow_definition WHERE ref = %s", (ref,))
-    if row is None or U.pack_hidden(db, cfg, principal, row["pack_ref"]):
-        raise C.not_found(f"Workflow '{ref}' not found")
-    return row
+    return crud.load_by_ref(db, cfg, principal, "SELECT * FROM workflow_definition WHERE ref = %s",
+                            ref, "Workflow")
 
 
 async def list_workflows(request):
@@ -35,27 +34,15 @@ async def list_workflows(request):
             where.append("tags ?| %s")
             params.append(tags)
         if search:
-            like = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            like = U.contains_pattern(search)
             where.append("(ref ILIKE %s OR label ILIKE %s OR coalesce(description, '') ILIKE %s)")
             params += [like] * 3
         if pack_ref:
             where.append("pack_ref = %s")
             params.append(pack_ref)
-        sql = "SELECT * FROM workflow_definition" + (" WHERE " + " AND ".join(where) if where else "")
-        cache: dict = {}
-        rows = [r for r in db.all(sql + " ORDER BY ref", params)
-                if not U.pack_hidden(db, cfg, p, r["pack_ref"], cache)]
-        chunk = rows[pg.offset:pg.offset + pg.limit]
-        return C.paginated([U.workflow_summary(r) for r in chunk], pg.page, pg.size, total=len(rows))
-    return await U.sync(work)
-
-
-async def get_workflow(request):
-    p = await C.require_auth(request)
-    ref = request.path_params["ref"]
-
-    def work():
-        return C.ok(U.workflow_response(load_workflow(C.db(request), request.app.state.cfg, p, ref)))
+        sql = "SELECT * FROM workflow_definition" + crud.where_clause(where)
+        rows, total = crud.page_visible(db, cfg, p, sql, params, pg, "ref", sql_paging=False)
+        return C.paginated([U.workflow_summary(r) for r in rows], pg.page, pg.size, total=total)
     return await U.sync(work)
 
 
@@ -80,11 +67,8 @@ async def create_workflow(request):
         db = C.db(request)
         cfg = request.app.state.cfg
         ref = body["ref"]
-        if db.one("SELECT id FROM workflow_definition WHERE ref = %s", (ref,)):
-            raise C.conflict(f"Workflow with ref '{ref}' already exists")
-        pack = db.one("SELECT * FROM pack WHERE ref = %s", (body["pack_ref"],))
-        if pack is None or U.pack_hidden(db, cfg, p, pack["ref"]):
-            raise C.not_found(f"Pack '{body['pack_ref']}' not found")
+        crud.ensure_new_ref(db, "workflow_definition", ref, "Workflow")
+        pack = crud.load_pack(db, cfg, p, body["pack_ref"])
         U.mutation_rbac(request, db, p, "actions", "create", pack_ref=pack["ref"], ref=ref)
         with db.tx() as cur:
             cur.execute(
@@ -158,19 +142,6 @@ async def update_workflow(request):
     return await U.sync(work)
 
 
-async def delete_workflow(request):
-    p = await C.require_auth(request)
-    ref = request.path_params["ref"]
-
-    def work():
-        db = C.db(request)
-        row = load_workflow(db, request.app.state.cfg, p, ref)
-        U.mutation_rbac(request, db, p, "actions", "delete", pack_ref=row["pack_ref"], ref=ref)
-        db.execute("DELETE FROM workflow_definition WHERE id = %s", (row["id"],))
-        return C.success(f"Workflow '{ref}' deleted successfully")
-    return await U.sync(work)
-
-
 # ------------------------------------------------------------------ sync from disk
 def sync_pack_workflows(db, pack: dict, pack_dir: Path) -> dict:
     """Load `<pack_dir>/workflows/*.yaml` into workflow definitions + companion actions."""
@@ -219,9 +190,9 @@ async def sync_workflows(request):
 
     def work():
         db = C.db(request)
-        pack = db.one("SELECT * FROM pack WHERE ref = %s", (ref,))
-        if pack is None or U.pack_hidden(db, request.app.state.cfg, p, ref):
-            raise C.not_found(f"Pack '{ref}' not found")
+        pack = crud.load_pack(db, request.app.state.cfg, p, ref)
+        # E4: a sync writes the pack's workflow actions from its workflow files
+        U.mutation_rbac(request, db, p, "actions", "update", pack_ref=ref)
         base = Path(request.app.state.cfg.get("packs_base_dir")) / ref
         pack_dir = base if base.is_dir() else Path(pack["storage_path"] or base)
         data = sync_pack_workflows(db, pack, pack_dir)
@@ -232,8 +203,11 @@ async def sync_workflows(request):
 ROUTES = [
     Route("/api/v1/workflows", list_workflows, methods=["GET"]),
     Route("/api/v1/workflows", create_workflow, methods=["POST"]),
-    Route("/api/v1/workflows/{ref}", get_workflow, methods=["GET"]),
+    Route("/api/v1/workflows/{ref}", crud.get_handler(load_workflow, U.workflow_response),
+          methods=["GET"]),
     Route("/api/v1/workflows/{ref}", update_workflow, methods=["PUT"]),
-    Route("/api/v1/workflows/{ref}", delete_workflow, methods=["DELETE"]),
+    Route("/api/v1/workflows/{ref}",
+          crud.delete_handler("workflow_definition", load_workflow, "Workflow", "actions"),
+          methods=["DELETE"]),
     Route("/api/v1/packs/{ref}/workflows/sync", sync_workflows, methods=["POST"]),
 ]

@@ -42,6 +42,12 @@ def _wait_for_database(db: Database, seconds: float) -> bool:
         time.sleep(0.5)
 
 
+# Upstream's server (axum on hyper) keeps idle HTTP/1.1 connections open; uvicorn's default 5 s
+# idle timeout races with clients that reuse a pooled connection after a pause (the server closes
+# it just as the next request is sent: "Remote end closed connection without response").
+KEEP_ALIVE_SECONDS = 120
+
+
 def main(cfg) -> int:
     db = Database.from_config(cfg)
     if not _wait_for_database(db, DB_WAIT_SECONDS):
@@ -55,7 +61,7 @@ def main(cfg) -> int:
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on",
                             access_log=False, workers=1, proxy_headers=False,
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-                            log_config=None)
+                            timeout_keep_alive=KEEP_ALIVE_SECONDS, log_config=None)
     server = _Server(config)
     log.info("API listening on http://%s:%d", host, port)
     server.run()  # handles SIGTERM/SIGINT and returns after a graceful shutdown

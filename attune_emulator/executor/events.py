@@ -20,8 +20,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .. import expressions, keystore as keystore_mod, templates
+from .. import expressions, keystore as keystore_mod, secret_params, templates
 from ..db import J, iso
+from . import rule_notify
 from .common import Ctx
 
 log = logging.getLogger(__name__)
@@ -156,6 +157,14 @@ def _process_rule(ctx: Ctx, event: dict, rule: dict) -> None:
     secrets: list = []
     if ks is not None and ks.has_secrets:
         config, secrets = keystore_mod.redact(rule.get("action_params") or {}, config, ks)
+    # the action's `secret: true` parameters are stored redacted too (upstream behaviour)
+    action_row = ctx.db.one("SELECT param_schema FROM action WHERE id = %s OR (%s IS NULL AND ref = %s)"
+                            " ORDER BY id LIMIT 1", (rule.get("action"), rule.get("action"),
+                                                     rule.get("action_ref")))
+    names = secret_params.secret_names((action_row or {}).get("param_schema"))
+    if names and ctx.cfg.get("security.encryption_key"):
+        config, more = secret_params.redact(config, names)
+        secrets = secrets + more
     row = ctx.db.one(
         "INSERT INTO enforcement (rule, rule_ref, trigger_ref, config, event, status, payload,"
         " condition, conditions) VALUES (%s, %s, %s, %s, %s, 'created', %s, 'all', %s)"
@@ -171,4 +180,8 @@ def _process_rule(ctx: Ctx, event: dict, rule: dict) -> None:
                            row["id"], secrets)
         log.info("enforcement %s: %d secret parameter(s) stored redacted", row["id"], len(secrets))
     log.info("enforcement %s created for rule %s, event %s", row["id"], rule["ref"], event["id"])
+    try:  # extension E11: rule_triggered for rules with notify_on_trigger
+        rule_notify.on_enforcement_created(ctx, rule, event, row["id"])
+    except Exception:
+        log.exception("rule %s: rule_triggered notification failed", rule["ref"])
     ctx.enforcement_created(row["id"])

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from .. import audit
 from ..db import J
 from .common import Ctx
 
@@ -143,6 +144,18 @@ def handle_execution_completed(ctx: Ctx, body: dict) -> None:
              prev["enforcement"], prev["executor"], J(prev["permission_set_refs"] or []),
              prev["workflow_def"], attempt, policy["count"], original, prev["status"]))
         created = cur.fetchone()["id"]
+        # E6 execution_audit: the retry, on the new attempt's resource id.
+        audit.record_execution(cur.execute, {"id": created, "action_ref": prev["action_ref"]},
+                               audit.EXECUTION_RETRIED, actor_login="executor",
+                               actor_token_type="service",
+                               details={"previous_execution": prev["id"], "attempt": attempt,
+                                        "max_retries": policy["count"],
+                                        "retry_reason": prev["status"],
+                                        "original_execution": original})
+        # the retry keeps the attempt's worker placement (selector, tolerations, affinity)
+        cur.execute("UPDATE execution n SET worker_selector = o.worker_selector,"
+                    " worker_tolerations = o.worker_tolerations, worker_affinity = o.worker_affinity"
+                    " FROM execution o WHERE n.id = %s AND o.id = %s", (created, prev["id"]))
     delay = retry_delay(policy, attempt)
     log.info("execution %s (%s) %s: retry %d/%d created as execution %s, dispatched in %.2fs "
              "(%s backoff, original %s)", eid, prev["action_ref"], prev["status"], attempt,

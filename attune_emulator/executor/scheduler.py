@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import logging
 
+from .. import audit
 from ..db import J, parse_ts, utcnow
 from .common import ACTIVE, Ctx
+from . import param_validation
+from . import placement
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +125,14 @@ def handle_execution_requested(ctx: Ctx, body: dict) -> None:
             cur.execute("SELECT * FROM action WHERE ref = %s", (execution["action_ref"],))
             action = cur.fetchone()
         wf_def = execution.get("workflow_def") or (action or {}).get("workflow_def")
-        if wf_def is not None:
+        # E10 param_validation: a top-level execution whose config fails the action's schema
+        # fails here, before any worker is chosen (param_validation.py).
+        invalid = param_validation.invalid_config(execution, action)
+        if invalid is not None:
+            if param_validation.fail_execution(cur, eid, invalid):
+                after_commit.append(("execution_completed", eid, "failed"))
+            log.warning("execution %s failed parameter validation: %s", eid, invalid)
+        elif wf_def is not None:
             if execution.get("workflow_def") is None:
                 cur.execute("UPDATE execution SET workflow_def = %s WHERE id = %s", (wf_def, eid))
                 execution["workflow_def"] = wf_def
@@ -136,7 +146,7 @@ def handle_execution_requested(ctx: Ctx, body: dict) -> None:
             if action.get("runtime") is not None:
                 cur.execute("SELECT * FROM runtime WHERE id = %s", (action["runtime"],))
                 runtime = cur.fetchone()
-            worker = select_worker(ctx, cur, runtime)
+            worker = select_worker(ctx, cur, runtime, execution, action)
             if worker is None:
                 rt = runtime["name"] if runtime else "any"
                 message = (f"No compatible workers found for action: {action['ref']} "
@@ -147,6 +157,12 @@ def handle_execution_requested(ctx: Ctx, body: dict) -> None:
             else:
                 cur.execute("UPDATE execution SET status = 'scheduled', worker = %s"
                             " WHERE id = %s AND status = 'scheduling'", (worker["id"], eid))
+                # E6 execution_audit: committed with the status change, before the dispatch.
+                audit.record_execution(cur.execute, execution, audit.EXECUTION_SCHEDULED,
+                                       actor_login="executor", actor_token_type="service",
+                                       details={"worker_id": worker["id"],
+                                                "worker_name": worker["name"],
+                                                "status": "scheduled", "old_status": "requested"})
                 after_commit.append(("dispatch_to_worker", worker["id"], eid))
                 log.info("execution %s (%s) scheduled on worker %s (%s)", eid, action["ref"],
                          worker["id"], worker["name"])
@@ -163,12 +179,16 @@ def _fail_unschedulable(cur, eid: int, message: str) -> None:
                     "succeeded": False}), eid))
 
 
-def select_worker(ctx: Ctx, cur, runtime: dict | None) -> dict | None:
+def select_worker(ctx: Ctx, cur, runtime: dict | None, execution: dict | None = None,
+                  action: dict | None = None) -> dict | None:
     timeout = float(ctx.cfg.get("executor.worker_heartbeat_timeout", 90))
     cur.execute("SELECT * FROM worker WHERE status = 'active' AND worker_role = 'action'"
                 " AND last_heartbeat IS NOT NULL"
                 " AND last_heartbeat >= now() - make_interval(secs => %s) ORDER BY id", (timeout,))
-    candidates = [w for w in cur.fetchall() if worker_supports(w, runtime)]
+    # worker placement: selector vs labels, tolerations vs NoSchedule taints (placement.py)
+    selector, tolerations = placement.placement_for(execution, action)
+    candidates = [w for w in cur.fetchall() if worker_supports(w, runtime)
+                  and placement.worker_admits(w.get("capabilities"), selector, tolerations)]
     if not candidates:
         return None
     ctx.rr_counter += 1

@@ -62,9 +62,16 @@ def recover(ctx: Ctx) -> None:
     rows = ctx.db.all("SELECT id FROM execution WHERE status = 'requested' ORDER BY id")
     for row in rows:
         ctx.execution_requested(row["id"])
-    if enfs or rows:
-        log.info("recovery: re-published %d enforcement(s) and %d requested execution(s)",
-                 len(enfs), len(rows))
+    # An executor killed between committing `scheduled` and publishing the dispatch leaves the
+    # execution stranded until scheduled_timeout. Dispatch again: the worker claims with
+    # `WHERE status = 'scheduled'`, so a second delivery of the same execution is skipped.
+    sched = ctx.db.all("SELECT id, worker FROM execution WHERE status = 'scheduled'"
+                       " AND worker IS NOT NULL ORDER BY id")
+    for row in sched:
+        ctx.dispatch_to_worker(row["worker"], row["id"])
+    if enfs or rows or sched:
+        log.info("recovery: re-published %d enforcement(s), %d requested and %d scheduled "
+                 "execution(s)", len(enfs), len(rows), len(sched))
 
 
 def main(cfg) -> int:

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from .. import expressions
+from .. import audit, expressions
 from .. import keystore as keystore_mod
 from ..db import J, iso, utcnow
 from .common import ACTIVE, TERMINAL, Ctx
@@ -533,6 +533,13 @@ class _Run:
              wt["retry_count"], wt["max_retries"], original, retry_reason, is_ask))
         eid = self.cur.fetchone()["id"]
         self._results_cache = None
+        # E6 execution_audit: the child, on the child's resource id.
+        audit.record_execution(self.cur.execute, {"id": eid, "action_ref": action["ref"]},
+                               audit.EXECUTION_WORKFLOW_CHILD_DISPATCHED, actor_login="executor",
+                               actor_token_type="service",
+                               details={"parent_execution": self.parent["id"],
+                                        "task_name": task["name"],
+                                        "task_index": wt.get("task_index")})
         if secrets:
             keystore_mod.store(self.cur.execute, self._enc_key, "execution", eid, secrets)
         elif secrets is None:
@@ -723,9 +730,12 @@ class _Run:
         pid = self.parent["id"]
         if self.parent["status"] == "canceling":
             self.cur.execute("UPDATE execution SET status = 'cancelled' WHERE id = %s"
-                             " AND status = 'canceling'", (pid,))
-            self.cur.execute("UPDATE workflow_execution SET status = 'cancelled' WHERE id = %s",
-                             (self.wf["id"],))
+                             " AND status = 'canceling' RETURNING id", (pid,))
+            if self.cur.fetchone() is None:
+                return
+            self.cur.execute("UPDATE workflow_execution SET status = 'cancelled' WHERE id = %s"
+                             " AND NOT (status = ANY(%s::execution_status_enum[]))",
+                             (self.wf["id"], list(TERMINAL)))
             self.messages.append(("execution_completed", pid, "cancelled"))
             log.info("workflow %s cancelled (no child left running)", pid)
             return
@@ -750,9 +760,12 @@ class _Run:
             result["succeeded"] = True
             status = "completed"
         self.cur.execute("UPDATE execution SET status = %s, result = %s WHERE id = %s"
-                         " AND status = 'running'", (status, J(result), pid))
-        self.cur.execute("UPDATE workflow_execution SET status = %s WHERE id = %s",
-                         (status, self.wf["id"]))
+                         " AND status = 'running' RETURNING id", (status, J(result), pid))
+        if self.cur.fetchone() is None:  # cancelled meanwhile: the decided status stands
+            log.info("workflow %s is no longer running; not marking it %s", pid, status)
+            return
+        self.cur.execute("UPDATE workflow_execution SET status = %s WHERE id = %s"
+                         " AND status = 'running'", (status, self.wf["id"]))
         self.parent["status"] = status
         self.messages.append(("execution_completed", pid, status))
         if status == "completed":

@@ -299,6 +299,8 @@ class SensorService:
         self.senders = concurrent.futures.ThreadPoolExecutor(max_workers=8,
                                                              thread_name_prefix="event-post")
         self.scheduler = TimerScheduler(self._on_fire)
+        from .custom import CustomSensorManager  # pack sensors run as subprocesses
+        self.custom = CustomSensorManager(cfg, self.db, cfg.api_url, self.stop_event)
         self.consumer: broker.Consumer | None = None
         self.worker_id: int | None = None
 
@@ -351,6 +353,13 @@ class SensorService:
             return
         trigger_ref = body.get("trigger_ref")
         rule = self._rule(rule_id)
+        if trigger_ref not in timers.TIMER_TRIGGERS or (
+                rule is not None and rule["trigger_ref"] not in timers.TIMER_TRIGGERS):
+            try:
+                self.custom.on_rule_change(None if rule is None or rule["trigger_ref"] != trigger_ref
+                                           else trigger_ref)
+            except Exception:
+                log.exception("%s for rule %s: custom sensor update failed", routing_key, rule_id)
         if rule is None:
             log.info("%s for rule %s (%s): rule no longer exists", routing_key, rule_id,
                      body.get("rule_ref"))
@@ -384,6 +393,7 @@ class SensorService:
         self.scheduler.start()
         # Load rules before consuming so queued lifecycle messages are applied on top.
         self.load_rules()
+        self.custom.start()
         self.consumer.start()
         if not self.consumer.ready.wait(timeout=30):
             log.warning("rule lifecycle consumer not ready after 30s")
@@ -396,6 +406,7 @@ class SensorService:
         if self.consumer is not None:
             self.consumer.stop()
         self.scheduler.stop()
+        self.custom.shutdown()
         try:
             self.db.execute("UPDATE worker SET status = 'inactive' WHERE id = %s",
                             (self.worker_id,))

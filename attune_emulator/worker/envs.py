@@ -11,6 +11,11 @@ Downloads are cached under `<runtime_envs_dir>/.cache/{pip,npm}` (pip's HTTP/whe
 content-addressed cacache), unless the operator set `PIP_CACHE_DIR` / `npm_config_cache`: a pack
 uploaded under a new ref (every test session) rebuilds its environment without downloading again.
 Pack refs never start with a dot, so the cache cannot collide with a pack's folder.
+
+Environments in use are never rebuilt under a running action: an execution holds a shared `flock`
+on `<env>.lock` from the moment it has checked the marker until its process ends (`hold_env`), and
+a rebuild takes the exclusive lock, so it waits for the executions still running on the old
+environment (after a pack update with a changed manifest) and new executions then wait for it.
 """
 from __future__ import annotations
 
@@ -45,11 +50,33 @@ def env_lock(env_dir: Path):
     with lock:
         env_dir.parent.mkdir(parents=True, exist_ok=True)
         with open(str(env_dir) + ".lock", "a+") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("%s: waiting for the executions still using it", env_dir)
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def remove_pack_envs(runtime_envs_dir: str, pack_ref: str) -> list[str]:
+    """Delete every environment of a deleted pack (`<runtime_envs_dir>/<pack_ref>/*`).
+
+    Each env is removed under its exclusive lock, so executions still using it finish first.
+    Returns the removed env folders. Without this, every pack ref ever used keeps its virtualenv
+    or node_modules on disk, and a state folder that is reused across runs only grows."""
+    pack_root = Path(runtime_envs_dir) / pack_ref
+    if not pack_root.is_dir() or pack_ref.startswith("."):
+        return []
+    removed = []
+    for env_dir in sorted(p for p in pack_root.iterdir() if p.is_dir()):
+        with env_lock(env_dir):
+            shutil.rmtree(env_dir, ignore_errors=True)
+        removed.append(str(env_dir))
+    shutil.rmtree(pack_root, ignore_errors=True)
+    return removed
 
 
 def manifest_hash(path: Path) -> str:
@@ -184,3 +211,42 @@ def ensure_node_env(runtime_envs_dir: str, pack_ref: str, pack_dir: Path, npm: s
         (env_dir / MARKER).write_text(digest + "\n")
         log.info("pack %s: node dependencies installed (sha256 %s)", pack_ref, digest[:12])
     return modules
+
+
+class EnvHold:
+    """A shared hold on an environment directory for the lifetime of one action process."""
+
+    def __init__(self, fh=None):
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh is not None:
+            try:
+                fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+            finally:
+                self._fh.close()
+                self._fh = None
+
+
+def hold_env(ensure, env_dir: Path, manifest: Path, ready, attempts: int = 5):
+    """Run `ensure()` (build or reuse the env; returns what the caller needs, or None when the
+    pack declares no manifest), then hold the env with a shared lock and re-check that it is the
+    one `manifest` describes and `ready()` is true; a rebuild that slipped in between makes it
+    retry. Returns (ensure's result, EnvHold)."""
+    for _ in range(attempts):
+        found = ensure()
+        if found is None:
+            return None, EnvHold()
+        env_dir.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(str(env_dir) + ".lock", "a+")
+        fcntl.flock(fh.fileno(), fcntl.LOCK_SH)
+        try:
+            current = manifest.is_file() and _marker_matches(env_dir, manifest_hash(manifest))
+        except OSError:
+            current = False
+        if current and ready():
+            return found, EnvHold(fh)
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        fh.close()
+    raise EnvError(f"{env_dir}: rebuilt concurrently {attempts} times; giving up")
+

@@ -104,8 +104,10 @@ def _writer(stream: BinaryIO, data: bytes, errors: list) -> None:
 def run_process(argv: list[str], *, cwd: str, env: dict[str, str], stdin_data: bytes | None,
                 timeout_seconds: int | None, max_stdout: int, max_stderr: int,
                 stdout_log: Path | None, stderr_log: Path | None, kill_grace: float,
-                control: RunControl) -> ProcessOutcome:
-    """Spawn `argv` and wait for it; never raises for process failures (OSError on spawn does)."""
+                control: RunControl, pass_fds: tuple[int, ...] = (),
+                preexec_fn=None) -> ProcessOutcome:
+    """Spawn `argv` and wait for it; never raises for process failures (OSError on spawn does).
+    `pass_fds` / `preexec_fn` go to Popen (the container runtime's info fd and rlimits)."""
     out_buf = BoundedBuffer(max_stdout, "stdout")
     err_buf = BoundedBuffer(max_stderr, "stderr")
     sinks: list[BinaryIO | None] = []
@@ -121,7 +123,8 @@ def run_process(argv: list[str], *, cwd: str, env: dict[str, str], stdin_data: b
         proc = subprocess.Popen(argv, cwd=cwd, env=env,
                                 stdin=subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True, close_fds=True)
+                                start_new_session=True, close_fds=True,
+                                pass_fds=tuple(pass_fds), preexec_fn=preexec_fn)
     except OSError:
         for sink in sinks:
             if sink is not None:

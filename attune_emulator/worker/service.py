@@ -32,7 +32,8 @@ import psycopg2
 
 from .. import auth, broker, crypto
 from ..db import J, Database
-from . import envs, params
+from .. import pack_store
+from . import container, envs, params
 from .output import ProcessOutcome, failure_result, shape_result
 from .runner import RunControl, run_process
 
@@ -113,6 +114,10 @@ class WorkerService:
         self.db = Database.from_config(cfg, maxconn=self.max_tasks + 6)
         self.publisher = broker.Publisher(cfg.amqp_url)
         self.runtimes = detect_runtimes()
+        # extension E12 container_runtime: `container` is advertised only when an engine works
+        self.container_engine = container.probe_engine(cfg)
+        if self.container_engine is not None:
+            self.runtimes["container"] = self.container_engine.describe()
         self.npm = _resolve_binary("npm")
         self.worker_id: int | None = None
         self.stop_event = threading.Event()
@@ -121,6 +126,8 @@ class WorkerService:
                                                           thread_name_prefix="exec")
         self.controls: dict[int, RunControl] = {}
         self.controls_lock = threading.Lock()
+        # per execution: holds on its pack version and runtime env, released when it ends
+        self.holds: dict[int, list] = {}
         self.inflight = 0
         self.inflight_cv = threading.Condition()
         self.consumers: list[broker.Consumer] = []
@@ -132,13 +139,22 @@ class WorkerService:
         extra = self.cfg.get("worker.capabilities")
         if isinstance(extra, dict):
             capabilities.update({k: v for k, v in extra.items() if k != "runtimes"})
+        # worker placement: `worker.labels` {k: v} and `worker.taints` [{key, value, effect}]
+        # (ATTUNE__WORKER__LABELS / ATTUNE__WORKER__TAINTS take JSON or YAML), read by the scheduler
+        from ..executor.placement import normalize_labels, normalize_taints
+        labels = normalize_labels(self.cfg.get("worker.labels"))
+        taints = normalize_taints(self.cfg.get("worker.taints"))
+        if labels:
+            capabilities["labels"] = labels
+        if taints:
+            capabilities["taints"] = taints
         meta = {"interpreters": self.runtimes, "max_concurrent_tasks": self.max_tasks}
         row = self.db.one(
             """INSERT INTO worker (name, worker_type, worker_role, host, status, capabilities, meta,
                                    pid, last_heartbeat)
-               VALUES (%s, %s, 'action', %s, 'active', %s, %s, %s, now())
+               VALUES (%s, %s, 'action', %s, 'inactive', %s, %s, %s, now())
                ON CONFLICT (name) DO UPDATE SET worker_type = EXCLUDED.worker_type,
-                   worker_role = 'action', host = EXCLUDED.host, status = 'active',
+                   worker_role = 'action', host = EXCLUDED.host, status = 'inactive',
                    capabilities = EXCLUDED.capabilities, meta = EXCLUDED.meta,
                    pid = EXCLUDED.pid, last_heartbeat = now()
                RETURNING id""",
@@ -255,6 +271,7 @@ class WorkerService:
     def _execute(self, execution: dict, control: RunControl) -> None:
         execution_id = int(execution["id"])
         temp_paths: list[Path] = []
+        plan: dict = {}
         try:
             try:
                 plan = self._prepare(execution, temp_paths)
@@ -278,24 +295,38 @@ class WorkerService:
                                       stdin_data=plan["stdin"], timeout_seconds=plan["timeout"],
                                       max_stdout=self.max_stdout, max_stderr=self.max_stderr,
                                       stdout_log=stdout_log, stderr_log=stderr_log,
-                                      kill_grace=self.kill_grace, control=control)
+                                      kill_grace=self.kill_grace, control=control,
+                                      **plan.get("spawn", {}))
             except OSError as exc:
                 log.error("execution %s: cannot start the process: %s", execution_id, exc)
                 self._finish(execution_id, "failed",
                              failure_result(f"Action execution failed: {exc}"), execution)
                 return
             status, result = self._result_for(outcome, plan["output_format"], stderr_log)
+            if plan.get("finalize"):  # E12: result.container, then nothing left behind
+                result = plan["finalize"](status, result)
+                plan["cleanup"]()
             log.info("execution %s: process exited with code %s after %s ms -> %s%s", execution_id,
                      outcome.exit_code, outcome.duration_ms, status,
                      " (timed out)" if outcome.timed_out else
                      " (cancelled)" if outcome.cancelled else "")
             self._finish(execution_id, status, result, execution)
         finally:
+            if plan.get("cleanup"):  # E12: staging dir, container / sandbox process
+                try:
+                    plan["cleanup"]()
+                except Exception:
+                    log.exception("execution %s: container cleanup failed", execution_id)
             for path in temp_paths:
                 try:
                     path.unlink()
                 except OSError:
                     pass
+            for hold in reversed(self.holds.pop(execution_id, [])):
+                try:
+                    hold.release()
+                except Exception:
+                    log.exception("execution %s: releasing %s failed", execution_id, hold)
 
     def _result_for(self, outcome: ProcessOutcome, output_format: str,
                     stderr_log: Path) -> tuple[str, dict]:
@@ -316,6 +347,11 @@ class WorkerService:
             execution["action_ref"].split(".", 1)[0]
         pack_dir = Path((pack or {}).get("storage_path") or
                         os.path.join(self.packs_base_dir, pack_ref))
+        # the pack version current now, held until the process ends (pack_store.py): a forced
+        # re-upload while it runs does not change the files it reads
+        pin = pack_store.pin(pack_dir, Path(self.packs_base_dir) if self.packs_base_dir else None)
+        self.holds.setdefault(execution_id, []).append(pin)
+        pack_dir = pin.directory
         runtime = self.db.one("SELECT * FROM runtime WHERE id = %s", (action["runtime"],)) \
             if action.get("runtime") is not None else None
         rt_key = self._runtime_key_for(action, runtime)
@@ -366,6 +402,14 @@ class WorkerService:
         if token:
             env["ATTUNE_API_TOKEN"] = token
 
+        if rt_key == "container":  # extension E12 container_runtime (worker/container.py)
+            try:
+                return container.plan_execution(
+                    self.container_engine, cfg=self.cfg, execution_id=execution_id, action=action,
+                    pack_dir=pack_dir, document=document, env=env, delivery=delivery, fmt=fmt,
+                    timeout=timeout, output_format=output_format)
+            except container.ContainerError as exc:
+                raise PrepareError(str(exc)) from exc
         cwd = str(pack_dir) if pack_dir.is_dir() else None
         entry = action.get("entrypoint") or ""
         inline = params.is_inline_shell(action, rt_key)
@@ -399,9 +443,14 @@ class WorkerService:
                 lib_dir = exec_config.get("lib_dir") or "lib"
                 env["PYTHONPATH"] = os.pathsep.join(
                     [str(pack_dir / lib_dir)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+                env_dir = Path(self.runtime_envs_dir) / pack_ref / env_name
                 try:
-                    venv_python = envs.ensure_python_env(self.runtime_envs_dir, pack_ref, pack_dir,
-                                                         interpreter, env_name)
+                    venv_python, hold = envs.hold_env(
+                        lambda: envs.ensure_python_env(self.runtime_envs_dir, pack_ref, pack_dir,
+                                                       interpreter, env_name),
+                        env_dir, pack_dir / "requirements.txt",
+                        lambda: (env_dir / "bin" / "python").exists())
+                    self.holds[execution_id].append(hold)
                 except envs.EnvError as exc:
                     raise PrepareError(f"Failed to prepare execution context: {exc}") from exc
                 if venv_python is not None:
@@ -411,9 +460,14 @@ class WorkerService:
             elif rt_key == "node":
                 if self.npm is None and (pack_dir / "package.json").is_file():
                     raise PrepareError("Failed to prepare execution context: npm is not available")
+                env_dir = Path(self.runtime_envs_dir) / pack_ref / env_name
                 try:
-                    modules = envs.ensure_node_env(self.runtime_envs_dir, pack_ref, pack_dir,
-                                                   self.npm or "npm", env_name)
+                    modules, hold = envs.hold_env(
+                        lambda: envs.ensure_node_env(self.runtime_envs_dir, pack_ref, pack_dir,
+                                                     self.npm or "npm", env_name),
+                        env_dir, pack_dir / "package.json",
+                        lambda: (env_dir / "node_modules").is_dir())
+                    self.holds[execution_id].append(hold)
                 except envs.EnvError as exc:
                     raise PrepareError(f"Failed to prepare execution context: {exc}") from exc
                 if modules is not None:
@@ -586,13 +640,31 @@ class WorkerService:
                                  ttl_seconds=timeout + 60, scope="execution", metadata=metadata)
 
     # ------------------------------------------------------------------ completion
+    RESULT_RETRY_SECONDS = 300.0  # how long a finished execution's result waits for the database
+
+    def _one_retrying(self, sql: str, args: tuple, what: str):
+        """`db.one`, retried while the database is unreachable (an outage or a restart), so a
+        result that finishes during the outage is recorded once it is back instead of lost."""
+        deadline = time.monotonic() + self.RESULT_RETRY_SECONDS
+        delay = 0.2
+        while True:
+            try:
+                return self.db.one(sql, args)
+            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                if getattr(exc, "pgcode", None) or time.monotonic() >= deadline:
+                    raise
+                log.warning("%s: database unavailable (%s); retrying in %.1fs", what,
+                            str(exc).strip().splitlines()[0] if str(exc).strip() else exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
     def _finish(self, execution_id: int, status: str, result: dict,
                 execution: dict | None = None) -> None:
-        row = self.db.one(
+        row = self._one_retrying(
             """UPDATE execution SET status = %s, result = %s
                WHERE id = %s AND status IN ('running', 'canceling')
                RETURNING id, status, action_ref""",
-            (status, J(result), execution_id))
+            (status, J(result), execution_id), f"execution {execution_id}: recording {status}")
         if row is None:
             current = self.db.one("SELECT status FROM execution WHERE id = %s", (execution_id,))
             log.warning("execution %s: result not recorded, status is already %s", execution_id,
@@ -641,15 +713,52 @@ class WorkerService:
             broker.Consumer(url, f"worker.{wid}.cancel",
                             [(broker.EXECUTIONS, f"execution.cancel.worker.{wid}")],
                             self.on_cancel, prefetch=10, name=f"worker-{wid}-cancel"),
+            broker.Consumer(url, f"worker.{wid}.packs", [(broker.EVENTS, "pack.deleted")],
+                            self.on_pack_deleted, prefetch=1, name=f"worker-{wid}-packs"),
         ]
         for consumer in self.consumers:
             consumer.start()
         for consumer in self.consumers:
             if not consumer.ready.wait(timeout=30):
                 log.warning("consumer %s not ready after 30s", consumer.queue)
+        # Registered `inactive` until now: the scheduler must not pick this worker before its
+        # dispatch queue exists, or a message published to the topic exchange would be dropped.
+        self.db.execute("UPDATE worker SET status = 'active', last_heartbeat = now() WHERE id = %s",
+                        (wid,))
         threading.Thread(target=self.heartbeat_loop, name="heartbeat", daemon=True).start()
         log.info("worker %r (id %s) consuming worker.%s.executions and worker.%s.cancel",
                  self.name, wid, wid, wid)
+
+    def on_pack_deleted(self, _routing_key: str, message: dict) -> None:
+        """`pack.deleted`: drop the pack's virtualenv / node_modules (they would never be used
+        again; a later pack with the same ref builds fresh ones)."""
+        ref = str(message.get("pack_ref") or "")
+        if not ref or "/" in ref or ref.startswith("."):
+            return
+        removed = envs.remove_pack_envs(self.runtime_envs_dir, ref)
+        if removed:
+            log.info("pack %s deleted: removed its environments %s", ref, ", ".join(removed))
+
+    def _drain_marker_loop(self, done: threading.Event) -> None:
+        """While draining, keep `meta.draining {since, at, inflight}` fresh on the (inactive) worker
+        row, so the executor's timeout monitor tells a worker finishing its in-flight work from a
+        dead one (whose marker goes stale like a heartbeat). `last_heartbeat` is not touched."""
+        since = None
+        while True:
+            with self.inflight_cv:
+                inflight = self.inflight
+            try:
+                row = self.db.one(
+                    "UPDATE worker SET meta = COALESCE(meta, '{}'::jsonb) || jsonb_build_object("
+                    "'draining', jsonb_build_object('since', COALESCE(%s, attune.ts(now())),"
+                    " 'at', attune.ts(now()), 'inflight', %s)) WHERE id = %s"
+                    " RETURNING meta->'draining'->>'since' AS since", (since, inflight,
+                                                                        self.worker_id))
+                since = (row or {}).get("since") or since
+            except psycopg2.Error as exc:
+                log.warning("drain marker update failed: %s", exc)
+            if done.wait(min(self.heartbeat_interval, 1.0)):
+                return
 
     def shutdown(self) -> None:
         log.info("shutting down: marking worker %s inactive and stopping consumers", self.worker_id)
@@ -660,6 +769,9 @@ class WorkerService:
             log.warning("cannot mark the worker inactive: %s", exc)
         for consumer in self.consumers:
             consumer.stop()
+        drained = threading.Event()
+        threading.Thread(target=self._drain_marker_loop, args=(drained,), name="drain-marker",
+                         daemon=True).start()
         deadline = time.monotonic() + self.shutdown_timeout
         with self.inflight_cv:
             while self.inflight > 0 and time.monotonic() < deadline:
@@ -677,6 +789,7 @@ class WorkerService:
                 end = time.monotonic() + self.kill_grace + 5
                 while self.inflight > 0 and time.monotonic() < end:
                     self.inflight_cv.wait(timeout=0.5)
+        drained.set()
         self.pool.shutdown(wait=False, cancel_futures=True)
         for consumer in self.consumers:
             consumer.join(timeout=5)

@@ -537,7 +537,13 @@ def ensure_rabbitmq(cfg, state_dir: str | os.PathLike, timeout: float = 90) -> d
                 f"Install it ({INSTALL_HINT}, as root) or start a broker matching "
                 "message_queue.url.")
         home = state_dir / "rabbitmq"
-        nodename = rec.get("nodename", "attune-e2e@localhost") if ours else _pick_nodename(p["port"])
+        prev = rec.get("nodename") if rec.get("port") == p["port"] else None
+        if ours:
+            nodename = rec.get("nodename", "attune-e2e@localhost")
+        elif prev and prev.split("@")[0] not in _epmd_names():
+            nodename = prev  # a restart: same node name, so its mnesia (durable queues) is reused
+        else:
+            nodename = _pick_nodename(p["port"])
         logfile = _rabbit_log(home, nodename)
         if not ours:
             for d in ("home", "mnesia", "log"):
@@ -617,6 +623,26 @@ def _stop_rabbitmq(rec: dict) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+
+
+def stop_postgres(state_dir: str | os.PathLike) -> bool:
+    """Stop the PostgreSQL this module started for `state_dir`, keeping its record, so that
+    `ensure_postgres` starts it again on the same data (a restart). False if none was ours."""
+    rec = _State(Path(state_dir).resolve()).load().get("postgres")
+    if not rec:
+        return False
+    _stop_postgres(rec)
+    return True
+
+
+def stop_rabbitmq(state_dir: str | os.PathLike) -> bool:
+    """Stop the RabbitMQ this module started for `state_dir`, keeping its record, so that
+    `ensure_rabbitmq` starts it again under the same node name and data (a restart)."""
+    rec = _State(Path(state_dir).resolve()).load().get("rabbitmq")
+    if not rec:
+        return False
+    _stop_rabbitmq(rec)
+    return True
 
 
 def stop_infra(state_dir: str | os.PathLike) -> list[str]:

@@ -129,12 +129,14 @@ def chain_for_event(client, event_id: int, *, timeout: float = 15) -> tuple[dict
 
     enfs = wait_for_items(lambda: client.list_enforcements(event=event_id), 1, timeout=timeout,
                           description=f"enforcements of event {event_id}")
-    enforcement = client.get_enforcement(enfs[0]["id"])
-    execs = wait_for_items(lambda: client.list_executions(enforcement=enforcement["id"],
+    enforcement_id = enfs[0]["id"]
+    execs = wait_for_items(lambda: client.list_executions(enforcement=enforcement_id,
                                                           top_level_only=True), 1,
                            timeout=timeout,
-                           description=f"executions of enforcement {enforcement['id']}")
-    return enforcement, client.get_execution(execs[0]["id"])
+                           description=f"executions of enforcement {enforcement_id}")
+    # Read the enforcement only now: it leaves `created` in the transaction that creates its
+    # execution, so a copy read before the execution existed would show a stale status.
+    return client.get_enforcement(enforcement_id), client.get_execution(execs[0]["id"])
 
 
 # ------------------------------------------------------------------ P2 clock rule

@@ -70,3 +70,16 @@ def test_should_retry_failed_and_abandoned_until_count():
 ])
 def test_should_not_retry(row, policy):
     assert not should_retry(row, policy)
+
+
+def test_pack_yaml_retry_is_normalised_or_reported():
+    """E2 in pack YAML: `retry:` is stored normalised; a malformed one is warned about, ignored."""
+    from attune_emulator import packs
+
+    warnings = []
+    stored = packs._retry_policy("p.a", {"count": 2, "delay": 1, "backoff": "exponential"},
+                                 warnings.append)
+    assert stored.adapted == {"count": 2, "delay": 1, "backoff": "exponential"}
+    assert packs._retry_policy("p.a", None, warnings.append) is None and warnings == []
+    assert packs._retry_policy("p.a", {"count": 0}, warnings.append) is None
+    assert warnings == ["action p.a: retry.count must be between 1 and 100; retry policy ignored"]

@@ -1,0 +1,144 @@
+"""Sustained throughput: executions completed per second over a fixed window at increasing
+offered load (POST /executions/execute of a shell `true` action from a pool of senders), the
+point where a backlog starts (RabbitMQ queue depths sampled with pika, and executions sent but
+not terminal), and whether the backlog drains afterwards.
+
+Completion instants are the `updated` field of the execution's `completed` notification (the
+row's own timestamp), counted inside each window.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from bench.context import Bench, QueueSampler, executor_and_worker_queues, say
+from bench.report import parse_ts
+from tests.helpers.polling import TERMINAL
+
+
+class Tracker:
+    """Terminal statuses of our executions, from a notifier listener, read incrementally."""
+
+    def __init__(self, listener, action_ref: str):
+        self.listener = listener
+        self.action_ref = action_ref
+        self.seen = 0
+        self.terminal: dict[int, tuple[str, float]] = {}   # id -> (status, updated epoch)
+
+    def poll(self) -> dict:
+        msgs = self.listener.messages
+        for m in msgs[self.seen:]:
+            p = m.get("payload") or {}
+            if m.get("type") == "notification" and p.get("action_ref") == self.action_ref \
+                    and p.get("status") in TERMINAL and m.get("entity_id") not in self.terminal:
+                stamp = p.get("updated")
+                self.terminal[m["entity_id"]] = (p["status"],
+                                                 parse_ts(stamp).timestamp() if stamp
+                                                 else m.get("_received_at"))
+        self.seen = len(msgs)
+        return self.terminal
+
+
+def _send_level(bench: Bench, action_ref: str, rate: float, seconds: float, senders: int,
+                sent: list, errors: list) -> tuple[float, float, int]:
+    """Offer `rate` executions/s for `seconds`; returns (start, end, number sent)."""
+    start = time.time()
+    total = int(rate * seconds)
+    per = [list(range(k, total, senders)) for k in range(senders)]
+    lock = threading.Lock()
+
+    def sender(slots):
+        c = bench.client()
+        for k in slots:
+            due = start + k / rate
+            delay = due - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            elif delay < -seconds:   # hopelessly behind: the client is the bottleneck
+                return
+            try:
+                ex = c.execute(action_ref)
+                with lock:
+                    sent.append((ex["id"], time.time()))
+            except Exception as exc:  # counted, never fatal
+                with lock:
+                    errors.append(f"{type(exc).__name__}: {str(exc)[:200]}")
+
+    with ThreadPoolExecutor(max_workers=senders) as pool:
+        list(pool.map(sender, per))
+    return start, time.time(), total
+
+
+def run(bench: Bench, levels=(25, 50, 100, 150), seconds: float = 6.0, senders: int = 16,
+        drain_timeout: float = 45.0) -> dict:
+    action = bench.action("tp", "true")
+    listener = bench.listener(("notification_type:execution_status_changed",))
+    tracker = Tracker(listener, action["ref"])
+    sampler = None
+    queues = executor_and_worker_queues(bench.admin)
+    if bench.target.amqp_url:
+        sampler = QueueSampler(bench.target.amqp_url, queues, interval=0.5)
+        sampler.start()
+    sent: list[tuple[int, float]] = []
+    errors: list[str] = []
+    results = []
+    backlog_at = None
+    for rate in levels:
+        say(f"throughput: offering {rate}/s for {seconds:.0f} s ...")
+        base_sent = len(sent)
+        w0, w1, planned = _send_level(bench, action["ref"], rate, seconds, senders, sent, errors)
+        time.sleep(0.5)  # completions of the window's tail reach the listener
+        term = tracker.poll()
+        in_window = [t for (_s, t) in term.values() if w0 <= t <= w1]
+        completed_ok = [t for (s, t) in term.values() if s == "completed" and w0 <= t <= w1]
+        n_sent = len(sent) - base_sent
+        window = w1 - w0
+        outstanding = len(sent) - len(term)
+        qdepth = sampler.latest().get("total") if sampler and sampler.latest() else None
+        row = {"offered_per_s": rate, "planned": planned, "sent": n_sent,
+               "window_s": round(window, 2),
+               "sent_per_s": round(n_sent / window, 1) if window else None,
+               "completed_per_s": round(len(completed_ok) / window, 1) if window else None,
+               "terminal_per_s": round(len(in_window) / window, 1) if window else None,
+               "outstanding_after": outstanding, "queue_depth_after": qdepth}
+        row["backlog"] = bool(outstanding > max(20, rate * 1.0)
+                              or (row["completed_per_s"] or 0) < 0.8 * (row["sent_per_s"] or 0))
+        results.append(row)
+        say(f"throughput: offered {rate}/s, sent {row['sent_per_s']}/s, completed "
+            f"{row['completed_per_s']}/s, outstanding {outstanding}, queue depth {qdepth}")
+        if row["backlog"]:
+            backlog_at = rate
+            break
+    say(f"throughput: draining {len(sent) - len(tracker.poll())} outstanding execution(s) ...")
+    t_drain = time.time()
+    drained = False
+    while time.time() - t_drain < drain_timeout:
+        if len(tracker.poll()) >= len(sent):
+            drained = True
+            break
+        time.sleep(0.25)
+    drain_s = time.time() - t_drain
+    time.sleep(0.6)
+    q_after = sampler.latest().get("total") if sampler and sampler.latest() else None
+    if sampler:
+        sampler.stop()
+    term = tracker.poll()
+    statuses: dict[str, int] = {}
+    for s, _t in term.values():
+        statuses[s] = statuses.get(s, 0) + 1
+    best = max((r["completed_per_s"] or 0 for r in results), default=None)
+    out = {
+        "levels": results, "sustained_per_s": best, "backlog_started_at_offered_per_s": backlog_at,
+        "sent_total": len(sent), "terminal_total": len(term), "statuses": statuses,
+        "drained": drained, "drain_seconds": round(drain_s, 2), "queue_depth_after_drain": q_after,
+        "send_errors": len(errors), "send_error_samples": errors[:5],
+        "queues_sampled": sampler.queues if sampler else [],
+        "queue_sampler_error": sampler.error if sampler else "no AMQP URL known for the target",
+        "queue_depth_samples": sampler.samples if sampler else [],
+        "senders": senders, "window_seconds": seconds,
+        "completion_source": "`updated` of each execution_status_changed notification "
+                             "(status completed)"}
+    say(f"throughput: best {best}/s completed; backlog from {backlog_at}/s offered; drained "
+        f"{drained} in {drain_s:.1f} s; queue depth after {q_after}")
+    return out
