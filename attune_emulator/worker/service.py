@@ -763,8 +763,16 @@ class WorkerService:
     def shutdown(self) -> None:
         log.info("shutting down: marking worker %s inactive and stopping consumers", self.worker_id)
         self.stopping = True
+        with self.inflight_cv:
+            inflight = self.inflight
         try:
-            self.db.execute("UPDATE worker SET status = 'inactive' WHERE id = %s", (self.worker_id,))
+            # Inactive and draining in one statement: a monitor pass between two separate writes
+            # would see an inactive worker without a drain marker and abandon its in-flight work.
+            self.db.execute(
+                "UPDATE worker SET status = 'inactive', meta = COALESCE(meta, '{}'::jsonb)"
+                " || jsonb_build_object('draining', jsonb_build_object('since', attune.ts(now()),"
+                " 'at', attune.ts(now()), 'inflight', %s)) WHERE id = %s",
+                (inflight, self.worker_id))
         except psycopg2.Error as exc:
             log.warning("cannot mark the worker inactive: %s", exc)
         for consumer in self.consumers:

@@ -12,7 +12,7 @@
 - `Sampler`: a background thread that calls a function every `interval` s and records
   `(monotonic, value)` or the exception it raised; `QueueDepthSampler`, `ApiLatencySampler`
   and `ResourceSampler` are the samplers the scenarios use.
-- Pure evaluation: `percentile` (nearest rank), `depth_violations`, `grid_offsets`.
+- Pure evaluation: `percentile` (nearest rank), `undrained_spans`, `grid_offsets`.
 - T3.25's workflow: `chain_definition(n)` (`t001 -> ... -> t<n>`, each `core.echo` of its
   number) and `handoff` (from the end of one task's process to the next task's start).
 
@@ -57,14 +57,28 @@ def percentile(values: Iterable[float], p: float) -> float:
     return ordered[rank - 1]
 
 
-def depth_violations(samples: Sequence[tuple[float, dict[str, int | None]]],
-                     bound: int) -> list[tuple[float, str, int]]:
-    """(time, queue, depth) of every sampled depth above `bound` (absent queues are skipped)."""
+def undrained_spans(samples: Sequence[tuple[float, dict[str, int | None]]],
+                    window: float) -> list[tuple[str, float, float, int]]:
+    """(queue, start, end, lowest depth) of every span longer than `window` s in which a queue
+    never read 0: a backlog that does not drain. Bursts that drain within the window pass, so a
+    queue shared with concurrent tests is judged by whether it keeps up, not by its peaks."""
     out = []
-    for t, depths in samples:
-        for queue, depth in depths.items():
-            if depth is not None and depth > bound:
-                out.append((t, queue, depth))
+    queues = sorted({q for _, depths in samples for q in depths})
+    for queue in queues:
+        points = [(t, d[queue]) for t, d in samples if d.get(queue) is not None]
+        start = None
+        lowest = 0
+        for t, depth in points:
+            if depth == 0:
+                if start is not None and t - start > window:
+                    out.append((queue, start, t, lowest))
+                start = None
+            elif start is None:
+                start, lowest = t, depth
+            else:
+                lowest = min(lowest, depth)
+        if start is not None and points and points[-1][0] - start > window:
+            out.append((queue, start, points[-1][0], lowest))
     return out
 
 
@@ -309,6 +323,6 @@ class ResourceSampler(Sampler):
 
 
 __all__ = ["chain_task_name", "chain_definition", "handoff", "EMBEDDED_EXECUTOR_QUEUES", "UPSTREAM_EXECUTOR_QUEUES", "worker_queue", "percentile",
-           "depth_violations", "grid_offsets", "QueueDepthProbe", "broker_queues", "Sample",
+           "undrained_spans", "grid_offsets", "QueueDepthProbe", "broker_queues", "Sample",
            "Sampler", "QueueDepthSampler", "ApiLatencySampler", "Usage", "usage",
            "ResourceSampler"]

@@ -165,8 +165,11 @@ def process_windows_overlap(a: dict, b: dict) -> bool:
 
 def service_pids(target: Any) -> dict[str, int | None]:
     """Embedded: {service name: pid} of the running stack."""
+    from tests.helpers.services import SERVICE_ORDER
+
+    # the stack's own services only: other tests' lane workers come and go meanwhile
     services = target.services
-    return {name: services.pid(name) for name in services.names()}
+    return {name: services.pid(name) for name in services.names() if name in SERVICE_ORDER}
 
 
 __all__ = ["upload", "delete_quietly", "wait_for_stdout", "stdout_text", "stdout_lines",

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from tests.helpers.broker_probe import (EMBEDDED_EXECUTOR_QUEUES, UPSTREAM_EXECUTOR_QUEUES,
-                                        Sampler, chain_definition, depth_violations,
+                                        Sampler, chain_definition, undrained_spans,
                                         grid_offsets, handoff, percentile, worker_queue)
 from tests.helpers.polling import wait_until
 
@@ -31,12 +31,6 @@ def test_percentile_rejects_bad_ranks(bad):
 def test_percentile_of_nothing_is_an_error():
     with pytest.raises(ValueError):
         percentile([], 95)
-
-
-def test_depth_violations_lists_each_queue_over_the_bound_and_skips_absent_queues():
-    series = [(1.0, {"a": 0, "b": None}), (1.5, {"a": 6, "b": 2}), (2.0, {"a": 5, "b": 9})]
-    assert depth_violations(series, 5) == [(1.5, "a", 6), (2.0, "b", 9)]
-    assert depth_violations(series, 9) == []
 
 
 def test_grid_offsets_measure_each_fire_against_its_own_mark():
@@ -103,3 +97,12 @@ def test_chain_definition_links_each_task_to_the_next():
     prev = {"id": 1, "started_at": "2026-01-01T00:00:00.000Z", "result": {"duration_ms": 250}}
     nxt = {"started_at": "2026-01-01T00:00:00.400Z"}
     assert round(handoff(prev, nxt), 3) == 0.15
+
+
+def test_undrained_spans_pass_bursts_that_drain_and_flag_a_backlog_that_does_not():
+    burst = [(0.0, {"q": 0}), (1.0, {"q": 11}), (2.0, {"q": 4}), (3.0, {"q": 0}), (4.0, {"q": 2})]
+    assert undrained_spans(burst, 5.0) == []
+    growing = [(float(t), {"q": t + 1}) for t in range(8)] + [(8.0, {"q": 0})]
+    assert undrained_spans(growing, 5.0) == [("q", 0.0, 8.0, 1)]
+    never = [(float(t), {"q": 3, "gone": None}) for t in range(7)]
+    assert undrained_spans(never, 5.0) == [("q", 0.0, 6.0, 3)]

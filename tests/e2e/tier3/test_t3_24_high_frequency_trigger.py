@@ -18,15 +18,17 @@ tight enough to catch a backlog that grows or a lost or duplicated execution:
 - latency: every execution completed within LATENCY_MAX s of its fire; p95 of fire ->
   `started_at` <= START_P95 s (plan: 1 s); p95 of fire -> `event.created` and of
   `event.created` -> `enforcement.created` <= STAGE_P95 s (plan: 100 ms);
-- backlog: at every sample each executor / worker queue holds <= QUEUE_BOUND ready messages and
-  the rule has <= BACKLOG_BOUND non-terminal executions; after the P2 marker none is
+- backlog: the executor / worker queues keep draining (each reads 0 at least once in every
+  DRAIN_WINDOW s; they are shared with the tests running in parallel, so their peaks are not this
+  test's) and the rule itself has <= BACKLOG_BOUND non-terminal executions at every sample; after the P2 marker none is
   non-terminal within 2 s and all sampled queues read 0 together;
 - API: stays responsive: every sampled GET answered 200 within API_STALL s (a stall, not a
   latency target: API latency percentiles are measured by the benchmark, ./run_e2e_tests.sh --bench);
-- embedded: RSS growth per service <= RSS_GROWTH_KB from the 5th fire to the disable; the
-  sensor <= SENSOR_CPU of one core over that span. Only the sensor's CPU is attributable to this
-  test (timer tests are serialized; every other test on the stack shares api, executor and
-  worker), so the other services' CPU is not bounded here.
+- embedded: the sensor's RSS grows <= RSS_GROWTH_KB from the 5th fire to the disable and it uses
+  <= SENSOR_CPU of one core over that span. Only the sensor's resources are attributable to this
+  test (timer tests are serialized; every other test running in parallel shares api, executor,
+  worker and notifier), so theirs are measured by the benchmark (./run_e2e_tests.sh --bench),
+  not bounded here.
 """
 from collections import Counter
 from datetime import timedelta
@@ -34,10 +36,11 @@ from datetime import timedelta
 import pytest
 
 from tests.helpers.broker_probe import (ApiLatencySampler, QueueDepthProbe, QueueDepthSampler,
-                                        ResourceSampler, Sampler, broker_queues, depth_violations,
+                                        ResourceSampler, Sampler, broker_queues, undrained_spans,
                                         grid_offsets, percentile)
 from tests.helpers.client import items
 from tests.helpers.polling import TERMINAL, wait_until
+from tests.helpers.services import SERVICE_ORDER
 from tests.helpers.scenario import (Clock, all_items, full_events, iso_ms, parse_ts, secs, total,
                                     utcnow)
 
@@ -48,7 +51,7 @@ INTERVAL = 1
 FIRES = 60
 WINDOW = FIRES * INTERVAL + 0.5
 TOLERANCE = 0.5
-QUEUE_BOUND = 5
+DRAIN_WINDOW = 5.0
 BACKLOG_BOUND = 3
 LATENCY_MAX = 5.0
 START_P95 = 2.0
@@ -80,9 +83,9 @@ def test_one_hz_timer_for_a_minute_without_backlog_loss_or_duplicates(admin, mak
     [T0, T0 + 60.5 s) on its 1 s grid; every fire of the window has exactly one processed
     enforcement (a later one at most one) and every enforcement exactly one completed execution
     printing its event's message; fire-to-completion latency
-    stays bounded; the executor and worker queues and the rule's non-terminal executions stay
-    near zero at every sample and drain to zero; the API stays responsive; (embedded) service
-    memory does not grow and the timer sensor stays light on CPU."""
+    stays bounded; the executor and worker queues keep draining and the rule's non-terminal
+    executions stay near zero, all draining to zero at the end; the API stays responsive;
+    (embedded) the timer sensor's memory does not grow and its CPU stays light."""
     amqp_url = target.amqp_url
     if not amqp_url:
         pytest.skip("needs the broker URL (ATTUNE_AMQP_URL) of this external target to sample "
@@ -98,7 +101,9 @@ def test_one_hz_timer_for_a_minute_without_backlog_loss_or_duplicates(admin, mak
     queues = found["executor"] + found["worker"]
 
     svc = target.services if target.embedded else None
-    names = list(svc.names()) if svc else []
+    # the stack's own services only: lane workers of concurrent service-control tests come
+    # and go and are not this test's to watch
+    names = [n for n in svc.names() if n in SERVICE_ORDER] if svc else []
     depth = QueueDepthSampler(amqp_url, queues, interval=0.5).start()
     make.defer("stop the queue-depth sampler", depth.stop)  # if the test fails before its stop
     api = ApiLatencySampler(admin.with_token(admin.token), API_PATHS, interval=0.5).start()
@@ -224,8 +229,9 @@ def test_one_hz_timer_for_a_minute_without_backlog_loss_or_duplicates(admin, mak
         f"queue-depth sampling failed: {depth.setup_error or depth.errors()[:5]}"
     series = depth.series()
     assert len(series) >= FIRES, f"only {len(series)} queue-depth samples over the run"
-    over = depth_violations(series, QUEUE_BOUND)
-    assert not over, f"queues above {QUEUE_BOUND} ready messages (t, queue, depth): {over[:20]}"
+    stuck = undrained_spans(series, DRAIN_WINDOW)
+    assert not stuck, (f"queues that did not drain to 0 within {DRAIN_WINDOW} s "
+                       f"(queue, from t, to t, lowest depth): {stuck[:20]}")
     assert not [s.error for s in backlog_samples if s.error], \
         f"backlog sampling failed: {[s.error for s in backlog_samples if s.error][:5]}"
     pending = [len(s.value) for s in backlog_samples if s.value is not None]
@@ -249,8 +255,9 @@ def test_one_hz_timer_for_a_minute_without_backlog_loss_or_duplicates(admin, mak
         grown = {n: last.rss_kb[n] - rss_from.rss_kb[n] for n in names
                  if last.rss_kb.get(n) and rss_from.rss_kb.get(n)}
         assert set(grown) == set(names), f"RSS not readable for every service: {rss_from} {last}"
-        assert max(grown.values()) <= RSS_GROWTH_KB, \
-            f"service RSS growth from the 5th fire to the disable (kB): {grown}, bound {RSS_GROWTH_KB}"
+        assert grown["sensor"] <= RSS_GROWTH_KB, (
+            f"sensor RSS grew {grown['sensor']} kB from the 5th fire to the disable, bound "
+            f"{RSS_GROWTH_KB} kB (all services: {grown})")
         span = last.t - rss_from.t
         sensor_cpu = (last.cpu_seconds["sensor"] - rss_from.cpu_seconds["sensor"]) / span
         assert sensor_cpu <= SENSOR_CPU, \
