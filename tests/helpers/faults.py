@@ -151,7 +151,7 @@ class FaultStack:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGTERM)
             with contextlib.suppress(WaitTimeout):
-                wait_until(lambda: not infra._pid_alive(pid), timeout=20,
+                wait_until(lambda: not infra.pid_alive(pid), timeout=20,
                            description="RabbitMQ to stop on SIGTERM")
         infra.stop_rabbitmq(self.dir)
 

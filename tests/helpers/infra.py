@@ -55,7 +55,8 @@ def _port_open(host: str, port: int, timeout: float = 1.0) -> bool:
         return False
 
 
-def _pid_alive(pid: int | None) -> bool:
+def pid_alive(pid: int | None) -> bool:
+    """Whether `pid` is a live process (a zombie counts as dead). The suite's one such check."""
     if not pid:
         return False
     try:
@@ -374,7 +375,7 @@ def _read_postmaster_pid(data: Path) -> int | None:
 
 def _pg_running(rec: dict) -> bool:
     pid = _read_postmaster_pid(Path(rec.get("data", "/nonexistent")))
-    return _pid_alive(pid)
+    return pid_alive(pid)
 
 
 def _stop_postgres(rec: dict) -> None:
@@ -511,7 +512,7 @@ def ensure_rabbitmq(cfg, state_dir: str | os.PathLike, timeout: float = 90) -> d
     st = _State(state_dir)
     with _locked(state_dir, "rabbitmq"):
         rec = st.load().get("rabbitmq") or {}
-        ours = bool(rec) and rec.get("port") == p["port"] and _pid_alive(rec.get("pid"))
+        ours = bool(rec) and rec.get("port") == p["port"] and pid_alive(rec.get("pid"))
         if _port_open(p["host"], p["port"]):
             err = _amqp_try_connect(url)
             if err is None:
@@ -577,7 +578,7 @@ def ensure_rabbitmq(cfg, state_dir: str | os.PathLike, timeout: float = 90) -> d
         deadline = time.monotonic() + timeout
         err = "not started"
         while time.monotonic() < deadline:
-            if not _pid_alive(rec["pid"]):
+            if not pid_alive(rec["pid"]):
                 raise InfraError(
                     f"RabbitMQ exited during start-up; see {logfile} and "
                     f"{home / 'log' / 'startup.log'}:\n{_tail(home / 'log' / 'startup.log')}\n"
@@ -606,15 +607,15 @@ def _rabbit_provision(rec: dict, p: dict) -> None:
 
 def _stop_rabbitmq(rec: dict) -> None:
     pid = rec.get("pid")
-    if not _pid_alive(pid):
+    if not pid_alive(pid):
         return
     _log("stopping RabbitMQ")
     with contextlib.suppress(Exception):
         _rabbitmqctl(rec, ["shutdown"], timeout=60)
     deadline = time.monotonic() + 20
-    while _pid_alive(pid) and time.monotonic() < deadline:
+    while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    if _pid_alive(pid):
+    if pid_alive(pid):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
         time.sleep(2)
@@ -668,7 +669,7 @@ def infra_status(state_dir: str | os.PathLike) -> dict[str, Any]:
     if data.get("postgres"):
         out["postgres"] = dict(data["postgres"], running=_pg_running(data["postgres"]))
     if data.get("rabbitmq"):
-        out["rabbitmq"] = dict(data["rabbitmq"], running=_pid_alive(data["rabbitmq"].get("pid")))
+        out["rabbitmq"] = dict(data["rabbitmq"], running=pid_alive(data["rabbitmq"].get("pid")))
     return out
 
 

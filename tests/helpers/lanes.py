@@ -28,8 +28,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from tests.helpers.polling import WaitTimeout, wait_until
 import pytest
+
+from tests.helpers.infra import pid_alive  # re-exported for the lane tests
+from tests.helpers.polling import WaitTimeout, wait_until
 
 from tests.helpers.scenario import all_items, full_events, utcnow
 
@@ -176,18 +178,6 @@ def read_pid_file(path: str) -> dict | None:
             return json.load(fh)
     except (OSError, ValueError):
         return None
-
-
-def pid_alive(pid: int | None) -> bool:
-    """Whether `pid` is a live (non-zombie) process."""
-    if not pid:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            state = fh.read().decode(errors="replace").rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 # ------------------------------------------------------------------ custom sensors (T3.6)

@@ -10,10 +10,10 @@ parents follow the definition's `cancellation_policy` (`allow_finish` default, `
 The `sleeper` fixture prints `tick k` every `tick` s and on TERM prints `cleanup-ran`, exit 143.
 """
 import json
-import os
 
 import pytest
 
+from tests.helpers.infra import pid_alive
 from tests.helpers.notifications import status_event, wait_for_log_text
 from tests.helpers.polling import wait_for_execution, wait_for_items, wait_until
 from tests.helpers.scenario import expect_api_error, secs
@@ -22,20 +22,6 @@ from tests.helpers.workflows import by_task, children, task
 pytestmark = [pytest.mark.tier3, pytest.mark.runner]
 
 GRACE = 5.0  # worker.kill_grace_seconds (upstream's fixed 5 s)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _start_sleeper(admin, e2e_pack, tmp_path, **params):
@@ -81,7 +67,7 @@ def test_running_execution_gets_sigterm_and_keeps_partial_output(admin, uid, e2e
     assert took < 2.0, f"cancel -> cancelled took {took:.2f} s"
     if target.embedded:
         pids = json.loads(pid_file.read_text())
-        wait_until(lambda: not any(_alive(p) for p in pids.values()), timeout=3,
+        wait_until(lambda: not any(pid_alive(p) for p in pids.values()), timeout=3,
                    description=f"the sleeper's processes {pids} to be gone")
     _expect_terminal_409(admin, xid, "cancelled")
 
@@ -111,7 +97,7 @@ def test_process_ignoring_sigterm_is_killed_after_the_grace(admin, uid, e2e_pack
         f"unexpected status chain: {exec_stream.statuses_for(xid)}"
     if target.embedded:
         pids = json.loads(pid_file.read_text())
-        wait_until(lambda: not any(_alive(p) for p in pids.values()), timeout=3,
+        wait_until(lambda: not any(pid_alive(p) for p in pids.values()), timeout=3,
                    description=f"the sleeper's processes {pids} to be gone")
 
 
