@@ -10,6 +10,7 @@ from pathlib import Path
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
+from ..artifacts import execution_log_dir
 from .. import audit, broker, keystore, secret_params
 from ..db import J
 from . import common as C
@@ -482,14 +483,19 @@ async def log_stream(request):
             authorize_read(db, p, row)
         return row
     await U.sync(check)
-    path = Path(request.app.state.cfg.get("artifacts_dir")) / "executions" / str(exec_id) / f"{stream}.log"
+    artifacts_dir = request.app.state.cfg.get("artifacts_dir")
     db = C.db(request)
 
-    def status_now():
-        r = db.one("SELECT status::text AS s FROM execution WHERE id = %s", (exec_id,))
-        return r["s"] if r else "cancelled"
+    def state_now() -> tuple[str, Path | None]:
+        """(status, log path): the path exists only once the run started (keyed by started_at)."""
+        r = db.one("SELECT status::text AS s, started_at FROM execution WHERE id = %s", (exec_id,))
+        if r is None:
+            return "cancelled", None
+        if r["started_at"] is None:
+            return r["s"], None
+        return r["s"], execution_log_dir(artifacts_dir, exec_id, r["started_at"]) / f"{stream}.log"
 
-    def read_from(pos: int) -> tuple[bytes, int]:
+    def read_from(path: Path, pos: int) -> tuple[bytes, int]:
         try:
             with open(path, "rb") as fh:
                 fh.seek(pos)
@@ -504,15 +510,16 @@ async def log_stream(request):
         sent_waiting = False
         idle = 0.0
         while True:
-            terminal = (await C.run_sync(status_now)) in U.TERMINAL
-            exists = path.exists()
+            status, path = await C.run_sync(state_now)
+            terminal = status in U.TERMINAL
+            exists = path is not None and path.exists()
             if not exists and not terminal:
                 if not sent_waiting:
                     yield _sse("", "waiting")
                     sent_waiting = True
             if exists:
                 while True:
-                    data, new_pos = await C.run_sync(read_from, pos)
+                    data, new_pos = await C.run_sync(read_from, path, pos)
                     if not data and sent_content:
                         break
                     text = data.decode("utf-8", errors="replace")

@@ -33,6 +33,7 @@ import psycopg2
 from .. import auth, broker, crypto
 from ..db import J, Database
 from .. import pack_store
+from ..artifacts import execution_log_dir
 from . import container, envs, params
 from .output import ProcessOutcome, failure_result, shape_result
 from .runner import RunControl, run_process
@@ -285,7 +286,8 @@ class WorkerService:
                              {"succeeded": False, "cancelled": True, "exit_code": -1,
                               "duration_ms": 0, "error": "Execution cancelled by user"}, execution)
                 return
-            exec_dir = Path(self.artifacts_dir) / "executions" / str(execution_id)
+            exec_dir = execution_log_dir(self.artifacts_dir, execution_id, execution["started_at"])
+            exec_dir.mkdir(parents=True, exist_ok=True)
             stdout_log, stderr_log = exec_dir / "stdout.log", exec_dir / "stderr.log"
             log.info("execution %s: running %s (runtime %s, delivery %s/%s, timeout %ss)",
                      execution_id, plan["describe"], plan["runtime"], plan["delivery"],

@@ -42,7 +42,7 @@ from tests.helpers.target import DEFAULT_LOGIN, DEFAULT_PASSWORD
 log = logging.getLogger("attune-e2e.faults")
 
 FAULT_HTTP_OFFSET = 50     # API and notifier ports
-FAULT_INFRA_OFFSET = 100   # PostgreSQL and RabbitMQ ports (RabbitMQ's dist port follows: +10000)
+FAULT_INFRA_OFFSET = 100   # PostgreSQL and RabbitMQ ports (RabbitMQ's dist port follows: +1000)
 WORKER_PREFIX = "faults-"
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE_PACK = ROOT / "tests" / "fixtures" / "packs" / "e2e_core"

@@ -462,7 +462,10 @@ def _pick_nodename(port: int) -> str:
 
 
 def _rabbit_env(home: Path, port: int, nodename: str = "attune-e2e@localhost") -> dict:
-    dist = port + 10000 if port + 10000 <= 65535 else port - 10000
+    # RabbitMQ's distribution port: AMQP + 1000, next to the AMQP port and, for the default ports,
+    # below Linux's ephemeral range (32768-60999): a fixed port inside that range can be held at
+    # random by any outgoing connection ("dist_port_already_used ... not_erlang").
+    dist = port + 1000 if port + 1000 <= 65535 else port - 1000
     env = dict(os.environ)
     for key in list(env):
         if key.startswith("RABBITMQ_") or key.startswith("ERL_"):
