@@ -57,18 +57,9 @@ def _is_worker(config: pytest.Config) -> bool:
 
 def _selects_e2e(config: pytest.Config) -> bool:
     """Whether the command line's paths reach tests/e2e (so the stack is needed)."""
-    args = list(config.args) or [str(E2E_DIR)]
-    for arg in args:
-        path = Path(arg.split("::", 1)[0])
-        if not path.is_absolute():
-            path = (Path(config.invocation_params.dir) / path)
-        try:
-            path = path.resolve()
-        except OSError:
-            continue
-        if path == E2E_DIR or E2E_DIR in path.parents or path in E2E_DIR.parents:
-            return True
-    return False
+    from tests.helpers.report import selects_e2e
+
+    return selects_e2e(config)
 
 
 @pytest.hookimpl(tryfirst=True)

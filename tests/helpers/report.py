@@ -18,6 +18,7 @@ import datetime as _dt
 import json
 import os
 import re
+import shutil
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -459,6 +460,22 @@ class DiagnosticsWriter:
         report.user_properties.append(("diagnostics", rel))
 
 
+def selects_e2e(config: pytest.Config) -> bool:
+    """Whether the command line's paths reach tests/e2e (the suite proper, not only unit tests)."""
+    e2e_dir = Path(config.rootpath) / "tests" / "e2e"
+    for arg in list(config.args) or [str(e2e_dir)]:
+        path = Path(arg.split("::", 1)[0])
+        if not path.is_absolute():
+            path = Path(config.invocation_params.dir) / path
+        try:
+            path = path.resolve()
+        except OSError:
+            continue
+        if path == e2e_dir or e2e_dir in path.parents or path in e2e_dir.parents:
+            return True
+    return False
+
+
 class TierReport:
     """Aggregates results in the master (or a plain run) and writes the tier report."""
 
@@ -474,6 +491,9 @@ class TierReport:
     def pytest_sessionstart(self, session):
         self.started = time.time()
         self.last_progress = self.started
+        if selects_e2e(self.config):
+            # failure folders describe the latest e2e run only; older ones would mislead
+            shutil.rmtree(reports_dir(self.config) / "failures", ignore_errors=True)
 
     def pytest_collection_finish(self, session):
         self._expect([i.nodeid for i in session.items])
@@ -588,4 +608,4 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 __all__ = ["TestResult", "build_report", "format_report", "format_timeline", "write_diagnostics",
-           "failure_dir_name", "scenario_of", "tier_of", "set_context", "get_context"]
+           "failure_dir_name", "scenario_of", "selects_e2e", "tier_of", "set_context", "get_context"]

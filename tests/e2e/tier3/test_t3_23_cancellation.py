@@ -139,6 +139,8 @@ def test_cancel_before_start(admin, make, uid, e2e_pack, exec_stream):
     wait_for_execution(admin, pid, "cancelled", timeout=20)
     item2 = admin.get_execution(waiting)
     assert (item2["status"], item2.get("started_at")) == ("cancelled", None), f"item 2: {item2}"
+    # the stream may lag REST: wait for its `cancelled`, then the whole sequence must be exact
+    exec_stream.wait_for_status(waiting, "cancelled", timeout=10)
     assert exec_stream.statuses_for(waiting) == ["requested", "cancelled"], \
         f"item 2's stream: {exec_stream.statuses_for(waiting)}"
 

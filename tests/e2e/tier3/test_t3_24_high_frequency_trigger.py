@@ -91,9 +91,12 @@ def test_one_hz_timer_for_a_minute_without_backlog_loss_or_duplicates(admin, mak
         pytest.skip("needs the broker URL (ATTUNE_AMQP_URL) of this external target to sample "
                     "its queue depths")
     # a worker running tasks reports `busy`: both take work, so both have queues to watch
-    workers = [w["id"] for state in ("active", "busy")
-               for w in items(admin.list_workers(role="action", status=state))]
-    assert workers, "no active or busy action worker"
+    def taking_work():
+        return [w["id"] for state in ("active", "busy")
+                for w in items(admin.list_workers(role="action", status=state))]
+
+    workers = wait_until(taking_work, timeout=15,
+                         description="an active or busy action worker (GET /api/v1/workers)")
     found = broker_queues(amqp_url, workers)
     assert found["executor"] and found["worker"], (
         f"none of the known executor / worker queue names exist on the broker: {found} "
