@@ -493,32 +493,29 @@ def _positive_int(value: Any) -> int | None:
     return n if n >= 1 else None
 
 
-def _retry_policy(ref: str, value: Any, warn) -> Any:
-    """Extension E2: an action's YAML `retry:` object as stored in `action.retry_policy`
-    (None when absent; a malformed one is reported and ignored)."""
-    from .executor.retries import RetryPolicyError, parse_policy
+def _parsed_field(ref: str, value: Any, warn, parse, error: type, what: str) -> Any:
+    """An action YAML object checked by its extension's parser, as stored in its JSONB column
+    (None when absent; a malformed one is reported and ignored, as upstream's loader does)."""
     if value is None:
         return None
     try:
-        policy = parse_policy(_plain(value))
-    except RetryPolicyError as exc:
-        warn(f"action {ref}: {exc}; retry policy ignored")
+        parsed = parse(_plain(value))
+    except error as exc:
+        warn(f"action {ref}: {exc}; {what} ignored")
         return None
-    return J(policy) if policy else None
+    return J(parsed) if parsed else None
+
+
+def _retry_policy(ref: str, value: Any, warn) -> Any:
+    """Extension E2: the YAML `retry:` object -> `action.retry_policy`."""
+    from .executor.retries import RetryPolicyError, parse_policy
+    return _parsed_field(ref, value, warn, parse_policy, RetryPolicyError, "retry policy")
 
 
 def _container_spec(ref: str, value: Any, warn) -> Any:
-    """Extension E12: an action's YAML `container:` object as stored in `action.container`
-    (None when absent; a malformed one is reported and ignored)."""
+    """Extension E12: the YAML `container:` object -> `action.container`."""
     from .worker.container import SpecError, parse_spec
-    if value is None:
-        return None
-    try:
-        spec = parse_spec(_plain(value))
-    except SpecError as exc:
-        warn(f"action {ref}: {exc}; container configuration ignored")
-        return None
-    return J(spec) if spec else None
+    return _parsed_field(ref, value, warn, parse_spec, SpecError, "container configuration")
 
 
 def _retry_count(value: Any) -> int | None:

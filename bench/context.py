@@ -8,6 +8,7 @@ import time
 import uuid
 from typing import Any, Callable
 
+from tests.helpers.cleanup import CleanupStack
 from tests.helpers.client import ApiError, AttuneClient, items
 from tests.helpers.notifier import NotifierListener
 from tests.helpers.target import Target
@@ -26,26 +27,21 @@ class Bench:
         self.admin = admin
         self.uid = uuid.uuid4().hex[:8]
         self.pack_ref = f"bench_{self.uid}"
-        self._cleanups: list[tuple[str, Callable[[], Any]]] = []
-        self.cleanup_errors: list[str] = []
+        self._cleanup = CleanupStack()
         self.notes: list[str] = []
 
     # ------------------------------------------------------------------ cleanup
+    @property
+    def cleanup_errors(self) -> list[str]:
+        return self._cleanup.errors
+
     def defer(self, description: str, fn: Callable[[], Any]) -> None:
-        self._cleanups.append((description, fn))
+        self._cleanup.defer(description, fn)
 
     def cleanup(self) -> None:
-        while self._cleanups:
-            description, fn = self._cleanups.pop()
-            try:
-                fn()
-            except ApiError as exc:
-                if exc.status != 404:
-                    self.cleanup_errors.append(f"{description}: {exc}")
-            except Exception as exc:  # never mask the figures
-                self.cleanup_errors.append(f"{description}: {type(exc).__name__}: {exc}")
-        if self.cleanup_errors:
-            say(f"cleanup: {len(self.cleanup_errors)} error(s): {self.cleanup_errors[:3]}")
+        errors = self._cleanup.run()
+        if errors:
+            say(f"cleanup: {len(errors)} error(s): {errors[:3]}")
 
     # ------------------------------------------------------------------ objects
     def client(self) -> AttuneClient:

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import pytest
 
 from tests.helpers import report as report_plugin
+from tests.helpers.cleanup import CleanupStack
 from tests.helpers.client import ApiError, AttuneClient
 from tests.helpers.notifier import NotifierListener
 from tests.helpers.packs import build_pack_archive
@@ -268,9 +269,8 @@ class Factory:
         self._request = request
         self.admin = admin
         self.uid = uid
-        self._cleanups: list[tuple[str, Callable[[], Any]]] = []
+        self._cleanup = CleanupStack()
         self._counts: dict[str, int] = {}
-        self.errors: list[str] = []
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -288,24 +288,15 @@ class Factory:
 
     def defer(self, description: str, fn: Callable[[], Any]) -> None:
         """Register a cleanup step (runs LIFO at teardown)."""
-        self._cleanups.append((description, fn))
+        self._cleanup.defer(description, fn)
 
     def cleanup(self) -> None:
-        while self._cleanups:
-            description, fn = self._cleanups.pop()
-            try:
-                fn()
-            except ApiError as exc:
-                if exc.status == 404:
-                    continue  # already gone (deleted by the test or by a cascade)
-                self._log_error(description, exc)
-            except Exception as exc:
-                self._log_error(description, exc)
+        for msg in self._cleanup.run():
+            log.warning(msg)
 
-    def _log_error(self, description: str, exc: Exception) -> None:
-        msg = f"cleanup: {description} failed: {type(exc).__name__}: {exc}"
-        self.errors.append(msg)
-        log.warning(msg)
+    @property
+    def errors(self) -> list[str]:
+        return self._cleanup.errors
 
     def _pack_default(self, body: dict) -> str:
         pack = body.get("pack_ref") or self.pack_ref
