@@ -40,6 +40,8 @@ DLX = "attune.dlx"
 EXCHANGES = (EVENTS, EXECUTIONS, NOTIFICATIONS)
 
 _CONNECTION_ERRORS = (pika.exceptions.AMQPError, OSError)
+# every message's properties (pika only reads them), made once
+_PERSISTENT_JSON = pika.BasicProperties(content_type="application/json", delivery_mode=2)
 
 
 def _params(url: str) -> pika.URLParameters:
@@ -87,9 +89,8 @@ class Publisher:
         return self._channel
 
     def _send(self, exchange: str, routing_key: str, payload: bytes) -> None:
-        self._ensure().basic_publish(
-            exchange=exchange, routing_key=routing_key, body=payload,
-            properties=pika.BasicProperties(content_type="application/json", delivery_mode=2))
+        self._ensure().basic_publish(exchange=exchange, routing_key=routing_key, body=payload,
+                                     properties=_PERSISTENT_JSON)
 
     def publish(self, exchange: str, routing_key: str, body: dict, attempts: int = 5) -> None:
         payload = json.dumps(body, default=str).encode()
@@ -177,12 +178,16 @@ class Consumer(threading.Thread):
     returns. A handler that raises is logged and the message is rejected without requeue (it
     would fail the same way again). With `manual_ack=True` the handler receives a third argument,
     an `ack()` callable that is safe to call from any thread (for work handed to a pool).
+
+    With `batch_handler` (not with `manual_ack`), the messages that arrive together (at most
+    `prefetch`) go to `batch_handler([(routing_key, body), ...])` in one call, in delivery order,
+    and are acked after it returns; when it raises, each of them goes to `handler` on its own.
     """
 
     def __init__(self, url: str, queue: str, bindings: list[tuple[str, str]], handler,
                  prefetch: int = 1, durable: bool = True, exclusive: bool = False,
                  auto_delete: bool = False, manual_ack: bool = False, name: str | None = None,
-                 queue_arguments: dict | None = None):
+                 queue_arguments: dict | None = None, batch_handler=None):
         super().__init__(name=name or f"consumer-{queue}", daemon=True)
         self.url = url
         self.queue = queue
@@ -194,6 +199,7 @@ class Consumer(threading.Thread):
         self.auto_delete = auto_delete
         self.manual_ack = manual_ack
         self.queue_arguments = queue_arguments
+        self.batch_handler = None if manual_ack else batch_handler
         self._stop_event = threading.Event()
         self._conn: pika.BlockingConnection | None = None
         self.ready = threading.Event()
@@ -233,6 +239,7 @@ class Consumer(threading.Thread):
             for exchange, key in self.bindings:
                 channel.queue_bind(queue=self.queue, exchange=exchange, routing_key=key)
             channel.basic_qos(prefetch_count=self.prefetch)
+            batch: list[tuple[int, str, dict]] = []
 
             def on_message(ch, method, _props, body):
                 try:
@@ -242,6 +249,9 @@ class Consumer(threading.Thread):
                     ch.basic_reject(method.delivery_tag, requeue=False)
                     return
                 tag = method.delivery_tag
+                if self.batch_handler is not None:  # handled after this round of deliveries
+                    batch.append((tag, method.routing_key, message))
+                    return
                 if self.manual_ack:
                     def ack(tag=tag):
                         conn.add_callback_threadsafe(lambda: ch.is_open and ch.basic_ack(tag))
@@ -261,8 +271,12 @@ class Consumer(threading.Thread):
 
             channel.basic_consume(queue=self.queue, on_message_callback=on_message)
             self.ready.set()
+            # no time limit: a limit costs a timer per call; stop() wakes the loop by closing
             while not self._stop_event.is_set() and conn.is_open:
-                conn.process_data_events(time_limit=0.5)
+                conn.process_data_events(time_limit=None)
+                if batch:
+                    self._run_batch(channel, batch)
+                    batch.clear()
         finally:
             self.ready.clear()
             self._conn = None
@@ -271,6 +285,24 @@ class Consumer(threading.Thread):
                     conn.close()
                 except _CONNECTION_ERRORS:
                     pass
+
+    def _run_batch(self, channel, batch: list[tuple[int, str, dict]]) -> None:
+        try:
+            self.batch_handler([(key, message) for _tag, key, message in batch])
+        except Exception:
+            log.exception("queue %s: batch handler failed for %d message(s); handling them one "
+                          "by one", self.queue, len(batch))
+        else:
+            channel.basic_ack(batch[-1][0], multiple=True)
+            return
+        for tag, key, message in batch:
+            try:
+                self.handler(key, message)
+            except Exception:
+                log.exception("queue %s: handler failed for %s", self.queue, message)
+                channel.basic_reject(tag, requeue=False)
+                continue
+            channel.basic_ack(tag)
 
 
 def wait_for_broker(url: str, timeout: float = 30.0) -> None:

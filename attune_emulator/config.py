@@ -54,6 +54,8 @@ DEFAULTS: dict[str, Any] = {
         "max_stderr_bytes": 10 * 1024 * 1024,
         "shutdown_timeout": 30,
         "kill_grace_seconds": 5,
+        # emulator: built environments unused this long leave the store (worker/envs.py)
+        "env_store_max_age_days": 14,
     },
     "sensor": {"heartbeat_interval": 30},
     "executor": {

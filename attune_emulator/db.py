@@ -1,6 +1,6 @@
 """PostgreSQL access shared by every service (psycopg2, schema `attune`).
 
-`Database.tx()` yields a RealDictCursor inside one transaction: commit on success, rollback on
+`Database.tx()` yields a DictCursor (rows as dicts) inside one transaction: commit on success, rollback on
 error. JSONB columns come back as Python values; write them with `J(value)`.
 """
 from __future__ import annotations
@@ -17,7 +17,6 @@ from typing import Any, Iterator
 import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
-import psycopg2.pool
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +59,121 @@ def utcnow() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc)
 
 
+class DictCursor(psycopg2.extensions.cursor):
+    """Rows as plain dicts (column name -> value), like RealDictCursor but built from the C-level
+    tuples in one step: RealDictRow assigns column by column in Python, which dominated the
+    cost of wide listings."""
+
+    def _names(self) -> list[str]:
+        return [d[0] for d in self.description]
+
+    def fetchone(self) -> dict | None:
+        row = super().fetchone()
+        return None if row is None else dict(zip(self._names(), row))
+
+    def fetchmany(self, size: int | None = None) -> list[dict]:
+        rows = super().fetchmany(size) if size is not None else super().fetchmany()
+        names = self._names()
+        return [dict(zip(names, r)) for r in rows]
+
+    def fetchall(self) -> list[dict]:
+        rows = super().fetchall()
+        if not rows:
+            return []
+        names = self._names()
+        return [dict(zip(names, r)) for r in rows]
+
+    def __iter__(self):
+        return iter(self.fetchall())
+
+
+class PoolError(psycopg2.OperationalError):
+    """No connection became free in time."""
+
+
+class _Pool:
+    """Lazily opened connections, kept open once made (up to `maxconn`).
+
+    psycopg2's own pools close every connection returned beyond `minconn`, so any concurrency
+    meant a new TCP + SCRAM handshake per statement; this keeps them instead and hands the most
+    recently used one out first (LIFO). Connections idle longer than `idle_seconds` are closed
+    so a burst does not pin database backends forever.
+    """
+
+    def __init__(self, connect, maxconn: int, idle_seconds: float = 60.0):
+        self._connect = connect
+        self._maxconn = max(1, maxconn)
+        self._idle_seconds = idle_seconds
+        self._idle: list[tuple[float, psycopg2.extensions.connection]] = []
+        self._busy = 0
+        self._cond = threading.Condition()
+        self.closed = False
+
+    def get(self, timeout: float = 25.0) -> psycopg2.extensions.connection:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if self.closed:
+                    raise PoolError("connection pool is closed")
+                while self._idle:
+                    _, conn = self._idle.pop()
+                    if not conn.closed:
+                        self._busy += 1
+                        return conn
+                if self._busy < self._maxconn:
+                    self._busy += 1
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise PoolError("database connection pool exhausted")
+                self._cond.wait(left)
+        try:
+            return self._connect()
+        except BaseException:
+            with self._cond:
+                self._busy -= 1
+                self._cond.notify()
+            raise
+
+    def put(self, conn: psycopg2.extensions.connection, close: bool = False) -> None:
+        if not close and not conn.closed:
+            status = conn.info.transaction_status
+            if status == psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN:
+                close = True
+            elif status != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
+                try:
+                    conn.rollback()
+                except psycopg2.Error:
+                    close = True
+        now = time.monotonic()
+        stale: list = []
+        with self._cond:
+            self._busy -= 1
+            if close or conn.closed or self.closed:
+                stale.append(conn)
+                # a broken connection usually means a server restart: the idle ones are dead too
+                stale.extend(c for _, c in self._idle)
+                self._idle.clear()
+            else:
+                self._idle.append((now, conn))
+            # the oldest idle connections sit at the bottom of the LIFO stack
+            while len(self._idle) > 1 and now - self._idle[0][0] > self._idle_seconds:
+                stale.append(self._idle.pop(0)[1])
+            self._cond.notify()
+        for c in stale:
+            with contextlib.suppress(Exception):
+                c.close()
+
+    def closeall(self) -> None:
+        with self._cond:
+            self.closed = True
+            idle, self._idle = self._idle, []
+            self._cond.notify_all()
+        for _, c in idle:
+            with contextlib.suppress(Exception):
+                c.close()
+
+
 class Database:
     """A small thread-safe pool of connections with `search_path = attune, public`."""
 
@@ -70,7 +184,7 @@ class Database:
         self.connect_timeout = connect_timeout
         self._minconn = minconn
         self._maxconn = maxconn
-        self._pool: psycopg2.pool.ThreadedConnectionPool | None = None
+        self._pool: _Pool | None = None
         self._lock = threading.Lock()
 
     @classmethod
@@ -91,55 +205,67 @@ class Database:
         conn.autocommit = autocommit
         return conn
 
-    def _get_pool(self) -> psycopg2.pool.ThreadedConnectionPool:
+    def _get_pool(self) -> _Pool:
         with self._lock:
             if self._pool is None:
-                self._pool = psycopg2.pool.ThreadedConnectionPool(
-                    self._minconn, self._maxconn, self.url, **self._options())
+                self._pool = _Pool(self.connect, self._maxconn)
             return self._pool
 
     @contextlib.contextmanager
-    def tx(self) -> Iterator[psycopg2.extras.RealDictCursor]:
+    def _conn(self) -> Iterator[psycopg2.extensions.connection]:
         pool = self._get_pool()
-        conn = None
-        for attempt in range(50):
-            try:
-                conn = pool.getconn()
-                break
-            except psycopg2.pool.PoolError:
-                time.sleep(0.02 * (attempt + 1))
-        if conn is None:
-            raise psycopg2.OperationalError("database connection pool exhausted")
+        conn = pool.get()
         broken = False
         try:
             if conn.closed:
                 raise psycopg2.InterfaceError("connection already closed")
-            with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
-                yield cur
-            conn.commit()
+            yield conn
         except (psycopg2.OperationalError, psycopg2.InterfaceError):
             broken = True
             raise
-        except BaseException:
-            with contextlib.suppress(Exception):
-                conn.rollback()
-            raise
         finally:
-            pool.putconn(conn, close=broken or bool(conn.closed))
+            pool.put(conn, close=broken or bool(conn.closed))
+
+    @contextlib.contextmanager
+    def tx(self) -> Iterator[DictCursor]:
+        with self._conn() as conn:
+            try:
+                with conn.cursor(cursor_factory=DictCursor) as cur:
+                    yield cur
+                conn.commit()
+            except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                raise
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    conn.rollback()
+                raise
+
+    @contextlib.contextmanager
+    def _single(self) -> Iterator[DictCursor]:
+        """One statement in autocommit mode: the same atomicity as BEGIN; stmt; COMMIT, in one
+        round trip instead of three."""
+        with self._conn() as conn:
+            conn.autocommit = True
+            try:
+                with conn.cursor(cursor_factory=DictCursor) as cur:
+                    yield cur
+            finally:
+                if not conn.closed:
+                    conn.autocommit = False
 
     # Convenience wrappers: one statement, one transaction.
     def one(self, sql: str, params: Any = None) -> dict | None:
-        with self.tx() as cur:
+        with self._single() as cur:
             cur.execute(sql, params)
             return cur.fetchone() if cur.description else None
 
     def all(self, sql: str, params: Any = None) -> list[dict]:
-        with self.tx() as cur:
+        with self._single() as cur:
             cur.execute(sql, params)
             return list(cur.fetchall()) if cur.description else []
 
     def execute(self, sql: str, params: Any = None) -> int:
-        with self.tx() as cur:
+        with self._single() as cur:
             cur.execute(sql, params)
             return cur.rowcount
 

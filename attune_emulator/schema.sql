@@ -587,3 +587,106 @@ ALTER TABLE execution ADD COLUMN IF NOT EXISTS worker_affinity JSONB;
 -- Extension E12 container_runtime: an action's `container` object {image, command?, network?,
 -- memory_mb?, cpus?, pull?, env?} for the `core.container` runtime; NULL = none (upstream).
 ALTER TABLE action ADD COLUMN IF NOT EXISTS container JSONB;
+
+-- ---------------------------------------------------------------- API caches (embedded stack only)
+-- api_cache_epoch: counters bumped in the same transaction as any change to what the API caches
+-- in memory (api/authz.py), so every API process re-validates its caches with one read per
+-- request:
+--   authz  what grants an identity holds (permission sets, assignments, role links)
+--   pack   which packs exist and who may see them (ref, is_standard, installed_by)
+-- One row, so a transaction touching both never takes two locks in some order; the triggers are
+-- deferred to commit time, so that lock is taken last and held only briefly. The first values
+-- are time-based: a recreated database never repeats an epoch.
+CREATE TABLE IF NOT EXISTS api_cache_epoch (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    authz BIGINT NOT NULL,
+    pack  BIGINT NOT NULL
+);
+INSERT INTO api_cache_epoch (id, authz, pack)
+    VALUES (1, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint,
+               (extract(epoch FROM clock_timestamp()) * 1000000)::bigint)
+    ON CONFLICT (id) DO NOTHING;
+
+CREATE OR REPLACE FUNCTION attune.bump_authz_epoch() RETURNS trigger AS $$
+BEGIN
+    UPDATE attune.api_cache_epoch SET authz = authz + 1 WHERE id = 1;
+    RETURN NULL;
+END $$ LANGUAGE plpgsql;
+
+CREATE OR REPLACE FUNCTION attune.bump_pack_epoch() RETURNS trigger AS $$
+BEGIN
+    UPDATE attune.api_cache_epoch SET pack = pack + 1 WHERE id = 1;
+    RETURN NULL;
+END $$ LANGUAGE plpgsql;
+
+DO $$
+DECLARE
+    spec TEXT[];
+BEGIN
+    FOREACH spec SLICE 1 IN ARRAY ARRAY[
+        ARRAY['permission_set', 'authz', 'INSERT OR UPDATE OR DELETE'],
+        ARRAY['permission_assignment', 'authz', 'INSERT OR UPDATE OR DELETE'],
+        ARRAY['identity_role_assignment', 'authz', 'INSERT OR UPDATE OR DELETE'],
+        ARRAY['permission_set_role_assignment', 'authz', 'INSERT OR UPDATE OR DELETE'],
+        ARRAY['pack', 'pack', 'INSERT OR DELETE OR UPDATE OF ref, is_standard, installed_by']] LOOP
+        EXECUTE format('DROP TRIGGER IF EXISTS %I_cache_epoch ON attune.%I', spec[1], spec[1]);
+        EXECUTE format('CREATE CONSTRAINT TRIGGER %I_cache_epoch AFTER %s ON attune.%I '
+                       'DEFERRABLE INITIALLY DEFERRED FOR EACH ROW '
+                       'EXECUTE FUNCTION attune.bump_%s_epoch()', spec[1], spec[3], spec[1], spec[2]);
+        EXECUTE format('DROP TRIGGER IF EXISTS %I_cache_epoch_truncate ON attune.%I',
+                       spec[1], spec[1]);
+        EXECUTE format('CREATE TRIGGER %I_cache_epoch_truncate AFTER TRUNCATE ON attune.%I '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION attune.bump_%s_epoch()',
+                       spec[1], spec[1], spec[2]);
+    END LOOP;
+END $$;
+
+-- Extension E5 api_rate_limit: the sliding window shared by every API process. One row per
+-- accepted request (`until` = when it leaves its window, for the idle sweep); unlogged: a crash
+-- only forgets recent requests. api_rate_limit_hit() admits or refuses one request atomically
+-- per key (advisory lock) on the database clock, and says whether a refusal is the first of its
+-- window (at most one audit event per key and window).
+CREATE UNLOGGED TABLE IF NOT EXISTS api_rate_limit_hit (
+    key   TEXT NOT NULL,
+    at    DOUBLE PRECISION NOT NULL,
+    until DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS api_rate_limit_hit_key_at ON api_rate_limit_hit (key, at);
+CREATE INDEX IF NOT EXISTS api_rate_limit_hit_until ON api_rate_limit_hit (until);
+CREATE UNLOGGED TABLE IF NOT EXISTS api_rate_limit_audit (
+    key TEXT PRIMARY KEY,
+    at  DOUBLE PRECISION NOT NULL
+);
+
+CREATE OR REPLACE FUNCTION attune.api_rate_limit_hit(p_key TEXT, p_limit INTEGER,
+                                                     p_window DOUBLE PRECISION,
+                                                     OUT retry_after INTEGER, OUT audit BOOLEAN)
+AS $$
+DECLARE
+    now_s  DOUBLE PRECISION;
+    n      INTEGER;
+    oldest DOUBLE PRECISION;
+    last_a DOUBLE PRECISION;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended('attune.api_rate_limit:' || p_key, 0));
+    now_s := extract(epoch FROM clock_timestamp());
+    DELETE FROM attune.api_rate_limit_hit WHERE key = p_key AND at <= now_s - p_window;
+    SELECT count(*), min(at) INTO n, oldest FROM attune.api_rate_limit_hit WHERE key = p_key;
+    audit := false;
+    IF n < p_limit THEN
+        INSERT INTO attune.api_rate_limit_hit (key, at, until) VALUES (p_key, now_s, now_s + p_window);
+        retry_after := 0;
+        RETURN;
+    END IF;
+    IF n = 0 THEN
+        retry_after := greatest(1, ceil(p_window))::INTEGER;
+    ELSE
+        retry_after := greatest(1, ceil(oldest + p_window - now_s))::INTEGER;
+    END IF;
+    SELECT a.at INTO last_a FROM attune.api_rate_limit_audit a WHERE a.key = p_key;
+    IF last_a IS NULL OR now_s - last_a >= p_window THEN
+        INSERT INTO attune.api_rate_limit_audit (key, at) VALUES (p_key, now_s)
+            ON CONFLICT (key) DO UPDATE SET at = EXCLUDED.at;
+        audit := true;
+    END IF;
+END $$ LANGUAGE plpgsql;

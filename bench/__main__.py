@@ -216,7 +216,7 @@ def main(argv=None) -> int:
         if stack is not None and not args.keep_stack:
             say("stopping the embedded stack")
             try:
-                stack.down()
+                stack.down(reset=True)
             except Exception as exc:
                 say(f"stack.down() failed: {exc}")
     out = Path(args.out) if args.out else _reports_dir(args) / "bench.json"

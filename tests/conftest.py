@@ -84,7 +84,10 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Service-control tests share the "services" xdist group unless they name another one."""
+    """Service-control tests share the "services" xdist group unless they name another one.
+    Timer tests share "timers" because upstream restarts every timer whenever any timer rule
+    changes (behavior.md §15); on a target advertising `timer_isolation` each timer module gets a
+    group of its own instead, so they run in parallel (the suite's longest chain otherwise)."""
     for item in items:
         if item.get_closest_marker("xdist_group") is not None:
             continue
@@ -93,6 +96,34 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         elif item.get_closest_marker("timer") is not None and \
                 item.get_closest_marker("serial") is not None:
             item.add_marker(pytest.mark.xdist_group("timers"))
+    isolated = None
+    for item in items:
+        group = item.get_closest_marker("xdist_group")
+        if group is not None and group.args and group.args[0] == "timers":
+            if isolated is None:
+                isolated = "timer_isolation" in _target_extensions(_session_target(config))
+            if isolated:
+                item.add_marker(pytest.mark.xdist_group(f"timers:{item.module.__name__}"))
+    _long_work_first(items)
+
+
+def _long_work_first(items: list[pytest.Item]) -> None:
+    """xdist hands out work in collection order, so a long chain collected late starts late and
+    the run waits for it: put `slow` tests (and every test of an xdist group holding one) first,
+    then the other groups, then the rest; stable, so each module keeps its order."""
+    def group(item):
+        mark = item.get_closest_marker("xdist_group")
+        return mark.args[0] if mark is not None and mark.args else None
+
+    slow_groups = {group(i) for i in items if i.get_closest_marker("slow") is not None} - {None}
+
+    def rank(item) -> int:
+        g = group(item)
+        if g in slow_groups or (g is None and item.get_closest_marker("slow") is not None):
+            return 0
+        return 1 if g is not None else 2
+
+    items.sort(key=rank)
 
 
 # =========================================================================== embedded stack
@@ -159,7 +190,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             f" DATABASE_URL={info.get('database_url')} pytest ...")
         return
     try:
-        stack.down()
+        stack.down(reset=True)  # the next run reuses the servers and env store, not the data
     except Exception as exc:  # never mask the test outcome
         say(f"attune-e2e: stack.down() failed: {exc}")
 

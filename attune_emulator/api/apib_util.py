@@ -59,7 +59,11 @@ def pack_hidden(db, cfg, principal, pack_ref: str | None, cache: dict | None = N
         return False
     if cache is not None and pack_ref in cache:
         return cache[pack_ref]
-    row = db.one("SELECT * FROM pack WHERE ref = %s", (pack_ref,))
+    shared = getattr(principal, "cache", None)
+    if shared is not None and getattr(principal, "pack_epoch", None) is not None:
+        row = shared.pack(db, pack_ref, principal.pack_epoch)  # id, ref, is_standard, installed_by
+    else:
+        row = db.one("SELECT * FROM pack WHERE ref = %s", (pack_ref,))
     hidden = row is not None and not pack_visible(db, principal, row)
     if cache is not None:
         cache[pack_ref] = hidden
@@ -233,7 +237,10 @@ def enforcement_summary(r: dict) -> dict:
 
 
 # ------------------------------------------------------------------ executions
-EXECUTION_SUMMARY_SELECT = ("SELECT x.*, en.rule_ref AS rule_ref, en.trigger_ref AS trigger_ref "
+# Only what execution_summary shows: config/result can be large JSON, decoded for nothing.
+EXECUTION_SUMMARY_SELECT = ("SELECT x.id, x.action_ref, x.status, x.parent, x.enforcement, "
+                            "x.started_at, x.workflow_task, x.original_execution, x.created, "
+                            "x.updated, en.rule_ref AS rule_ref, en.trigger_ref AS trigger_ref "
                             "FROM execution x LEFT JOIN enforcement en ON en.id = x.enforcement")
 
 

@@ -21,7 +21,7 @@ from starlette.responses import Response
 
 from ..broker import Publisher
 from ..db import Database
-from . import ratelimit
+from . import authz, ratelimit
 from .common import JSON, ApiError, PlainError, map_db_error
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ ROUTE_MODULES = (
 )
 SENTINEL = ".attune-packs-sentinel"
 INQUIRY_SWEEP_SECONDS = 1.0
+RATE_LIMIT_SWEEP_SECONDS = 60.0
 BODY_LIMIT_TEXT = "Failed to buffer the request body: length limit exceeded"
 
 
@@ -156,13 +157,19 @@ def _expire_inquiries(db: Database) -> int:
                       "WHERE status = 'pending' AND timeout_at IS NOT NULL AND timeout_at <= now()")
 
 
-async def _inquiry_sweeper(db: Database) -> None:
-    """Upstream's API flips pending inquiries past `timeout_at` to `timeout` every second."""
+async def _inquiry_sweeper(db: Database, rate_limit: bool = False) -> None:
+    """Upstream's API flips pending inquiries past `timeout_at` to `timeout` every second.
+    With E5 on, idle rate-limit windows are forgotten every minute too."""
+    last_rl_sweep = 0.0
     while True:
         try:
             n = await asyncio.to_thread(_expire_inquiries, db)
             if n:
                 log.info("marked %d inquiry(ies) as timed out", n)
+            now = asyncio.get_running_loop().time()
+            if rate_limit and now - last_rl_sweep >= RATE_LIMIT_SWEEP_SECONDS:
+                last_rl_sweep = now
+                await asyncio.to_thread(ratelimit.sweep, db)
         except psycopg2.Error as exc:
             log.debug("inquiry sweep skipped: %s", exc)
         except Exception:
@@ -193,7 +200,7 @@ def create_app(cfg, db: Database | None = None, publisher: Publisher | None = No
     @contextlib.asynccontextmanager
     async def lifespan(app):
         _write_sentinel(cfg)
-        tasks = [asyncio.create_task(_inquiry_sweeper(db))] if background else []
+        tasks = [asyncio.create_task(_inquiry_sweeper(db, ratelimit.enabled(cfg)))] if background else []
         try:
             yield
         finally:
@@ -223,6 +230,8 @@ def create_app(cfg, db: Database | None = None, publisher: Publisher | None = No
     app.state.db = db
     app.state.publisher = publisher
     app.state.crypto_key = cfg.get("security.encryption_key")
+    app.state.token_cache = authz.TokenCache(cfg.jwt_secret)
+    app.state.authz_cache = authz.AuthzCache()
     app.state.extensions = active_extensions(cfg)
     return app
 
@@ -239,6 +248,9 @@ def active_extensions(cfg) -> list[str]:
         extensions.append("api_rate_limit")  # E5: api/ratelimit.py
     extensions.append("liveness_tuning")  # E13: executor.worker_heartbeat_timeout (default 90)
     extensions.append("container_runtime")  # E12: worker/container.py (engine probed per worker)
+    # E14: the sensor arms each timer rule on its own; upstream restarts every timer on any
+    # timer-rule change (behavior.md §15), which is why timer tests are serialised there
+    extensions.append("timer_isolation")
     if cfg.get("security.owner_scoped_resources", False):
         extensions.append("owner_scoping")
     if cfg.get("security.rbac_all_mutations", False):

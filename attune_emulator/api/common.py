@@ -580,6 +580,12 @@ class Principal:
     claims: dict
     permission_set_refs: list | None = None
     metadata: dict = field(default_factory=dict)
+    # Read with the identity row at authentication (authz.py); None = not known, read on demand.
+    attributes: dict | None = None
+    authz_epoch: int | None = None
+    pack_epoch: int | None = None
+    permission_sets: list | None = None
+    cache: Any = None  # authz.AuthzCache of the app
 
     @property
     def is_execution(self) -> bool:
@@ -598,8 +604,29 @@ def bearer_token(request: Request) -> str | None:
     return request.cookies.get("attune_access_token")
 
 
-def _identity_state(database: Database, identity_id: int) -> dict | None:
-    return database.one("SELECT id, login, frozen FROM identity WHERE id = %s", (identity_id,))
+def decode_claims(app, token: str) -> dict:
+    """`auth.decode_token` with the app's secret, through the per-process token cache."""
+    cache = getattr(app.state, "token_cache", None)
+    if cache is None:
+        return _auth.decode_token(app.state.cfg.jwt_secret, token)
+    return cache.decode(token)
+
+
+def load_identity(app, identity_id: int, token_type: str) -> tuple[dict | None, list | None]:
+    """(identity state row or None, the identity's permission-set rows for an access token).
+    Blocking: call from a worker thread."""
+    from . import authz
+    database = app.state.db
+    row = authz.identity_state(database, identity_id)
+    sets = None
+    if row is not None and token_type == "access":
+        cache = getattr(app.state, "authz_cache", None)
+        if cache is not None:
+            sets = cache.identity_sets(database, identity_id, row.get("authz_epoch"))
+    return row, sets
+
+
+IDENTITY_STASH = "attune_identity"  # request.state key: (identity id, row, sets, token type)
 
 
 async def require_auth(request: Request, *, check_identity: bool = True) -> Principal:
@@ -617,7 +644,7 @@ async def require_auth(request: Request, *, check_identity: bool = True) -> Prin
     if not token:
         raise AuthError("Invalid authentication token")
     try:
-        claims = _auth.decode_token(request.app.state.cfg.jwt_secret, token)
+        claims = decode_claims(request.app, token)
     except _auth.TokenError as exc:
         raise AuthError("Authentication token expired" if exc.expired
                         else "Invalid authentication token") from None
@@ -629,19 +656,33 @@ async def require_auth(request: Request, *, check_identity: bool = True) -> Prin
         raise AuthError("Invalid authentication token") from None
     if not -(2 ** 63) <= identity_id < 2 ** 63:
         raise AuthError("Invalid authentication token")
-    row = None
+    token_type = claims.get("token_type", "access")
+    row = sets = None
     if check_identity:
-        row = await run_sync(_identity_state, request.app.state.db, identity_id)
+        # The rate limiter may have read it for this very request already.
+        stash = getattr(request.state, IDENTITY_STASH, None)
+        if stash is not None and stash[0] == identity_id and stash[3] == token_type:
+            row, sets = stash[1], stash[2]
+        else:
+            row, sets = await run_sync(load_identity, request.app, identity_id, token_type)
         if row is None or row["frozen"]:
             raise AuthError("Invalid authentication token")
     metadata = claims.get("metadata") if isinstance(claims.get("metadata"), dict) else {}
     refs = None
-    if claims.get("token_type") == "execution":
+    if token_type == "execution":
         raw = metadata.get("permission_set_refs")
         refs = [r for r in raw if isinstance(r, str)] if isinstance(raw, list) else []
+    attrs = None
+    if row is not None:
+        attrs = row.get("attributes")
+        attrs = attrs if isinstance(attrs, dict) else {}
     principal = Principal(identity_id=identity_id, login=str(claims.get("login") or (row or {}).get("login") or ""),
-                          token_type=claims.get("token_type", "access"), claims=claims,
-                          permission_set_refs=refs, metadata=metadata)
+                          token_type=token_type, claims=claims,
+                          permission_set_refs=refs, metadata=metadata, attributes=attrs,
+                          authz_epoch=row.get("authz_epoch") if row is not None else None,
+                          pack_epoch=row.get("pack_epoch") if row is not None else None,
+                          permission_sets=sets,
+                          cache=getattr(request.app.state, "authz_cache", None))
     if check_identity:
         request.state.principal = principal
     return principal

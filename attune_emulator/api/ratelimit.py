@@ -23,6 +23,11 @@ Sliding window: only accepted requests occupy the window. Over the limit the ans
 "TOO_MANY_REQUESTS"}` with `Retry-After: <ceil seconds until the oldest accepted request leaves
 the window, >= 1>`, and an audit event `security.rate_limited` (category `api`, outcome
 `denied`), at most one per identity per window.
+
+The window lives in PostgreSQL (schema.sql `api_rate_limit_hit`), so every API process (see
+`server.workers`) counts the same requests; `SlidingWindow` is the same model in memory, the
+reference for its unit tests. The exemption and the per-identity override are read with the
+request's identity (api/authz.py), so changes to them apply from the next request on.
 """
 from __future__ import annotations
 
@@ -38,11 +43,11 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import audit
 from .. import auth as _auth
+from . import common as C
 from .common import JSON
 
 log = logging.getLogger(__name__)
 
-POLICY_TTL_SECONDS = 2.0
 EXCLUDED_PREFIXES = ("/api/v1/webhooks/",)
 UNLIMITED_TOKEN_TYPES = ("sensor", "worker", "execution")
 
@@ -108,6 +113,23 @@ def in_scope(path: str) -> bool:
 
 
 # ------------------------------------------------------------------------------ middleware
+HIT_SQL = "SELECT retry_after, audit FROM api_rate_limit_hit(%s, %s, %s)"
+SWEEP_SQL = "DELETE FROM api_rate_limit_hit WHERE until <= extract(epoch FROM clock_timestamp()) - 60"
+
+
+def shared_hit(db, key: str, limit: Limit) -> tuple[bool, int, bool]:
+    """(allowed, retry_after, audit) from the window every API process shares (schema.sql
+    `api_rate_limit_hit`): the same sliding window as `SlidingWindow`, on the database clock."""
+    row = db.one(HIT_SQL, (key, limit.requests, float(limit.window_seconds)))
+    retry_after = int(row["retry_after"])
+    return retry_after == 0, retry_after, bool(row["audit"])
+
+
+def sweep(db) -> int:
+    """Forget windows idle for a minute (bounded table); run now and then by one process."""
+    return db.execute(SWEEP_SQL)
+
+
 class RateLimitMiddleware:
     def __init__(self, app, cfg, db):
         self.app = app
@@ -115,43 +137,19 @@ class RateLimitMiddleware:
         self.db = db
         settings = cfg.get("server.rate_limit") or {}
         self.default = parse_limit(settings) or Limit(1000, 1.0)
-        self.exempt_sets = [str(s) for s in (settings.get("exempt_permission_sets") or [])]
-        self.window = SlidingWindow()
-        self._policies: dict[int, tuple[float, Limit | None]] = {}
-        self._audited: dict[Any, float] = {}
+        self.exempt_sets = frozenset(str(s) for s in (settings.get("exempt_permission_sets") or []))
 
-    # -- identity policy: None = exempt
-    def _load_policy(self, identity_id: int) -> Limit | None | str:
-        row = self.db.one(
-            """SELECT i.attributes,
-                      EXISTS (SELECT 1 FROM permission_set ps
-                               WHERE ps.ref = ANY(%(sets)s)
-                                 AND (ps.id IN (SELECT permset FROM permission_assignment
-                                                 WHERE identity = i.id)
-                                      OR ps.id IN (SELECT psr.permset
-                                                     FROM permission_set_role_assignment psr
-                                                     JOIN identity_role_assignment ira
-                                                       ON ira.role = psr.role
-                                                    WHERE ira.identity = i.id))) AS exempt
-                 FROM identity i WHERE i.id = %(i)s""",
-            {"i": identity_id, "sets": self.exempt_sets})
+    def _policy(self, row: dict | None, sets: list | None) -> Limit | None:
+        """None = exempt. `row`/`sets`: the identity and its permission sets, read for this
+        request (api/authz.py; never stale)."""
         if row is None:
             return self.default
-        if row["exempt"]:
+        if sets is not None and any(s["ref"] in self.exempt_sets for s in sets):
             return None
         attrs = row["attributes"] if isinstance(row["attributes"], dict) else {}
         return parse_limit(attrs.get("rate_limit")) or self.default
 
-    async def _policy(self, identity_id: int) -> Limit | None:
-        now = time.monotonic()
-        cached = self._policies.get(identity_id)
-        if cached is not None and now - cached[0] < POLICY_TTL_SECONDS:
-            return cached[1]
-        policy = await run_in_threadpool(self._load_policy, identity_id)
-        self._policies[identity_id] = (time.monotonic(), policy)
-        return policy
-
-    def _identity(self, scope) -> tuple[str, Any]:
+    def _identity(self, scope, app) -> tuple[str, Any]:
         """("identity", id) | ("service", None) | ("ip", address)."""
         header = None
         for name, value in scope.get("headers", []):
@@ -160,7 +158,7 @@ class RateLimitMiddleware:
                 break
         if header and header.startswith("Bearer "):
             try:
-                claims = _auth.decode_token(self.cfg.jwt_secret, header[len("Bearer "):])
+                claims = C.decode_claims(app, header[len("Bearer "):])
                 kind = claims.get("token_type", "access")
                 if kind in UNLIMITED_TOKEN_TYPES:
                     return "service", None
@@ -170,6 +168,27 @@ class RateLimitMiddleware:
                 pass
         client = scope.get("client") or ("unknown", 0)
         return "ip", client[0]
+
+    def _admit(self, app, kind: str, key: Any):
+        """Blocking: (limit or None when exempt, allowed, retry_after, audit, identity stash)."""
+        stash = None
+        limit = self.default
+        if kind == "identity":
+            try:
+                row, sets = C.load_identity(app, key, "access")
+                stash = (key, row, sets, "access")
+                limit = self._policy(row, sets)
+            except Exception:  # a lookup failure never blocks the request
+                log.warning("rate limit policy of identity %s unavailable", key, exc_info=True)
+                limit = self.default
+            if limit is None:
+                return None, True, 0, False, stash
+        try:
+            allowed, retry_after, audit_it = shared_hit(self.db, f"{kind}:{key}", limit)
+        except Exception:  # nor does a window that cannot be read
+            log.warning("rate limit window of %s %s unavailable", kind, key, exc_info=True)
+            return limit, True, 0, False, stash
+        return limit, allowed, retry_after, audit_it, stash
 
     def _audit(self, kind: str, key: Any, scope, limit: Limit, retry_after: int) -> None:
         identity_id = key if kind == "identity" else None
@@ -189,24 +208,17 @@ class RateLimitMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or not in_scope(scope.get("path", "")):
             return await self.app(scope, receive, send)
-        kind, key = self._identity(scope)
+        app = scope["app"]
+        kind, key = self._identity(scope, app)
         if kind == "service":
             return await self.app(scope, receive, send)
-        limit = self.default
-        if kind == "identity":
-            try:
-                limit = await self._policy(key)
-            except Exception:  # a lookup failure never blocks the request
-                log.warning("rate limit policy of identity %s unavailable", key, exc_info=True)
-                limit = self.default
-            if limit is None:
-                return await self.app(scope, receive, send)
-        allowed, retry_after = self.window.hit((kind, key), limit)
+        limit, allowed, retry_after, audit_it, stash = await run_in_threadpool(
+            self._admit, app, kind, key)
+        if stash is not None:  # require_auth reuses the identity read for this request
+            scope.setdefault("state", {})[C.IDENTITY_STASH] = stash
         if allowed:
             return await self.app(scope, receive, send)
-        now = time.monotonic()
-        if now - self._audited.get((kind, key), -1e9) >= limit.window_seconds:
-            self._audited[(kind, key)] = now
+        if audit_it:
             loop = asyncio.get_running_loop()
             loop.run_in_executor(None, self._audit, kind, key, scope, limit, retry_after)
         response = JSON({"error": limit.message(), "code": "TOO_MANY_REQUESTS"}, status_code=429,
@@ -219,4 +231,5 @@ def enabled(cfg) -> bool:
     return isinstance(settings, dict) and bool(settings.get("enabled", False))
 
 
-__all__ = ["Limit", "SlidingWindow", "RateLimitMiddleware", "parse_limit", "in_scope", "enabled"]
+__all__ = ["Limit", "SlidingWindow", "RateLimitMiddleware", "parse_limit", "in_scope", "enabled",
+           "shared_hit", "sweep"]

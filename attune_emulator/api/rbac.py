@@ -1,8 +1,10 @@
 """Grant evaluation (api.md §2): permission sets -> grants, per identity or role label.
 
 A grant is `{"resource", "actions": [...], "constraints"?}`; it allows a request when the resource
-and action match and every constraint present matches the request's context. Grants are read
-from the database on each request, so assignment changes apply to already-issued tokens.
+and action match and every constraint present matches the request's context. Grants are
+re-validated against the database on each request (a per-process cache keyed by the authz epoch
+read with the caller's identity, authz.py), so assignment changes apply to already-issued tokens
+from the next request on.
 
 Token types: access tokens use the identity's grants; execution tokens use only the permission
 sets named in the token (plus the pseudo-ref `standard`); sensor and worker tokens skip RBAC.
@@ -175,15 +177,32 @@ def standard_grants(principal: Principal) -> list[dict]:
     return grants
 
 
+def principal_sets(db: Database, principal: Principal) -> list[dict]:
+    """The identity's permission sets for an access token: those read at authentication
+    (authz.py) when known, else from the database."""
+    if principal.permission_sets is not None:
+        return principal.permission_sets
+    if principal.cache is not None and principal.authz_epoch is not None:
+        principal.permission_sets = principal.cache.identity_sets(
+            db, principal.identity_id, principal.authz_epoch)
+        return principal.permission_sets
+    return identity_permission_sets(db, principal.identity_id)
+
+
 def effective_grants(db: Database, principal: Principal) -> list[dict]:
     """Grants in force for this token (empty for token types that skip RBAC)."""
     if principal.token_type == "access":
-        return _grants_of(identity_permission_sets(db, principal.identity_id))
+        return _grants_of(principal_sets(db, principal))
     if principal.token_type == "execution":
         refs = list(principal.permission_set_refs or [])
         named = [r for r in refs if r != STANDARD_REF]
-        rows = db.all("SELECT id, ref, grants FROM permission_set WHERE ref = ANY(%s) ORDER BY id",
-                      (named,)) if named else []
+        if not named:
+            rows = []
+        elif principal.cache is not None and principal.authz_epoch is not None:
+            rows = principal.cache.named_sets(db, named, principal.authz_epoch)
+        else:
+            rows = db.all("SELECT id, ref, grants FROM permission_set WHERE ref = ANY(%s) "
+                          "ORDER BY id", (named,))
         grants = _grants_of(rows)
         if STANDARD_REF in refs:
             grants.extend(standard_grants(principal))
@@ -224,7 +243,10 @@ def build_context(db: Database | None, principal: Principal, *, pack_ref=None, r
         if pack_ref is None and isinstance(execution.get("action_ref"), str):
             pack_ref = execution["action_ref"].split(".", 1)[0]
     if attributes is None:
-        attributes = _attributes(db, principal.identity_id) if db is not None else {}
+        if principal.attributes is not None:  # read with the identity at authentication
+            attributes = principal.attributes
+        else:
+            attributes = _attributes(db, principal.identity_id) if db is not None else {}
     return Context(identity_id=principal.identity_id, attributes=attributes, pack_ref=pack_ref,
                    ref=ref, owner_identity=owner_identity, owner_type=owner_type,
                    owner_ref=owner_ref, visibility=visibility, encrypted=encrypted,

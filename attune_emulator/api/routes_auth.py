@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from .. import auth
 from ..db import J
-from . import rbac
+from . import authz, rbac
 from .common import (ApiError, AuthError, Field, Principal, check_rules, conflict, forbidden,
                      not_found, ok, read_json, require_auth, run_sync, unauthorized)
 
@@ -76,8 +76,23 @@ def _auth_provider(identity: dict) -> str:
     return "local"
 
 
-def _assigned_refs(db, ident_id: int) -> list[str]:
-    return sorted({r["ref"] for r in rbac.identity_permission_sets(db, ident_id)})
+def _find_with_epoch(db, ident_id: int) -> dict | None:
+    """The identity row plus the authz epoch, so cached permission sets can be used."""
+    return db.one(f"SELECT i.*, {authz.EPOCH_COLUMNS} FROM identity i "
+                  "LEFT JOIN api_cache_epoch e ON e.id = 1 WHERE i.id = %s", (ident_id,))
+
+
+def _assigned_refs(db, ident_id: int, principal: Principal | None = None) -> list[str]:
+    if principal is not None and principal.identity_id == ident_id:
+        if principal.token_type == "access":
+            rows = rbac.principal_sets(db, principal)
+        elif principal.cache is not None and principal.authz_epoch is not None:
+            rows = principal.cache.identity_sets(db, ident_id, principal.authz_epoch)
+        else:
+            rows = rbac.identity_permission_sets(db, ident_id)
+    else:
+        rows = rbac.identity_permission_sets(db, ident_id)
+    return sorted({r["ref"] for r in rows})
 
 
 def _current_user(db, identity: dict, principal: Principal) -> dict:
@@ -90,7 +105,7 @@ def _current_user(db, identity: dict, principal: Principal) -> dict:
         "is_local": provider == "local",
         "can_change_password": provider == "local" and identity.get("password_hash") is not None,
         "effective_permissions": rbac.summarize_permissions(rbac.effective_grants(db, principal)),
-        "assigned_permission_set_refs": _assigned_refs(db, identity["id"]),
+        "assigned_permission_set_refs": _assigned_refs(db, identity["id"], principal),
     }
     if provider != "local":
         attrs = identity["attributes"].get(provider) or {}
@@ -235,11 +250,14 @@ async def get_me(request: Request) -> Response:
     db = request.app.state.db
 
     def work():
-        identity = _find_by_id(db, principal.identity_id)
+        identity = _find_with_epoch(db, principal.identity_id)
         if identity is None:
             raise not_found("Identity not found")
         if identity["frozen"]:
             raise forbidden(FROZEN)
+        if principal.authz_epoch is None:
+            principal.authz_epoch = identity["authz_epoch"]
+            principal.pack_epoch = identity["pack_epoch"]
         return _current_user(db, identity, principal)
 
     return ok(await run_sync(work))

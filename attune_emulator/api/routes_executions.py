@@ -97,11 +97,6 @@ async def execute(request):
                 parent = int(p.metadata.get("execution_id"))
             except (TypeError, ValueError):
                 parent = None
-            if parent is not None and not db.one("SELECT 1 AS x FROM execution WHERE id = %s",
-                                                 (parent,)):
-                parent = None
-        executor = p.identity_id if db.one("SELECT 1 AS x FROM identity WHERE id = %s",
-                                           (p.identity_id,)) else None
         params = body["parameters"] if body["parameters"] is not None else {}
         # `secret: true` parameters: redacted in config, stored encrypted (secret_params.py).
         enc_key = request.app.state.cfg.get("security.encryption_key")
@@ -113,11 +108,15 @@ async def execute(request):
             """INSERT INTO execution (action, action_ref, config, env_vars, parent, executor, status,
                    permission_set_refs, workflow_def, max_retries, worker_selector,
                    worker_tolerations, worker_affinity)
-               VALUES (%s,%s,%s,%s,%s,%s,'requested',%s,%s,%s,%s,%s,%s) RETURNING *""",
-            (action["id"], action["ref"], J(params), J(body["env_vars"]), parent, executor,
+               VALUES (%s,%s,%s,%s,(SELECT id FROM execution WHERE id = %s),
+                       (SELECT id FROM identity WHERE id = %s),'requested',
+                       %s,%s,%s,%s,%s,%s) RETURNING *""",
+            (action["id"], action["ref"], J(params), J(body["env_vars"]), parent, p.identity_id,
              J(list(refs)), action["workflow_def"], action.get("max_retries"),
              J(body["worker_selector"] or None), J(body["worker_tolerations"] or None),
              J(body["worker_affinity"] or None)))
+        # the caller and the token's execution, each only when it (still) exists
+        executor, parent = row["executor"], row["parent"]
         if secrets:
             keystore.store(db.execute, enc_key, "execution", row["id"], secrets)
         audit.record_execution(db.execute, row, audit.EXECUTION_REQUESTED,

@@ -146,10 +146,26 @@ def purge_expired(db, key_ref: str | None = None) -> int:
     return n
 
 
-def _find(db, key_ref: str) -> dict | None:
-    purge_expired(db, key_ref)
-    return db.one("SELECT * FROM key WHERE ref = %s"
-                  " AND (expires_at IS NULL OR expires_at > now())", (key_ref,))
+# Purge and lookup in one round trip. The CTE's DELETE runs whether or not it is read; the
+# SELECT sees the rows as before it, but never returns an expired one, so the answer is that of
+# the purge followed by the lookup.
+_FIND_SQL = """WITH purged AS (DELETE FROM key WHERE {scope} expires_at IS NOT NULL
+                                         AND expires_at <= now() RETURNING 1)
+    SELECT (SELECT count(*) FROM purged) AS purged__, k.*
+      FROM (SELECT 1) one
+      LEFT JOIN key k ON k.ref = %s AND (k.expires_at IS NULL OR k.expires_at > now())"""
+
+
+def _find(db, key_ref: str, purge_all: bool = False) -> dict | None:
+    """The live key `key_ref`, after purging expired keys (that one, or all with `purge_all`)."""
+    if purge_all:
+        row = db.one(_FIND_SQL.format(scope=""), (key_ref,))
+    else:
+        row = db.one(_FIND_SQL.format(scope="ref = %s AND"), (key_ref, key_ref))
+    purged = row.pop("purged__")
+    if purged:
+        log.info("purged %d expired key(s)%s", purged, "" if purge_all else f" ({key_ref})")
+    return row if row["id"] is not None else None
 
 
 def _visible_or_404(db, principal: Principal, key_ref: str, grants: list) -> dict:
@@ -249,8 +265,7 @@ async def create_key(request: Request) -> Response:
                        owner_ref=owner_ref, encrypted=bool(body["encrypted"]))
         check_rules(body, CREATE_SPEC)
         expires_at = parse_expiry(body["expires_at"]) if body["expires_at"] is not None else None
-        purge_expired(db)
-        if _find(db, body["ref"]) is not None:
+        if _find(db, body["ref"], purge_all=True) is not None:
             raise conflict(f"Key with ref '{body['ref']}' already exists")
         resolved = _resolve_owner(db, body)
         value, key_hash = body["value"], None

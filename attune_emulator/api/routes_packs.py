@@ -44,7 +44,9 @@ async def list_packs(request):
 
     def work():
         db = C.db(request)
-        rows = db.all("SELECT * FROM pack ORDER BY ref")
+        # only what pack_summary and pack_visible read (the JSON columns can be large)
+        rows = db.all("SELECT id, ref, label, description, version, tags, is_standard, "
+                      "installed_by, created, updated FROM pack ORDER BY ref")
         rows = [r for r in rows if U.pack_visible(db, p, r)]
         items = [U.pack_summary(r) for r in rows[pg.offset:pg.offset + pg.limit]]
         return C.paginated(items, pg.page, pg.size, total=len(rows))

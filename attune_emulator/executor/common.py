@@ -6,6 +6,7 @@ import threading
 from typing import Callable
 
 from .. import broker
+from .definitions import DefinitionCache
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,7 @@ class Ctx:
         self._lock = threading.Lock()
         self.stopping = threading.Event()
         self.rr_counter = 0
+        self.definitions = DefinitionCache(db)
 
     # -- messages (always published after the transaction that wrote the rows has committed)
     def publish(self, exchange: str, routing_key: str, body: dict) -> None:

@@ -99,12 +99,14 @@ def should_retry(execution: dict, policy: dict | None) -> bool:
     return int(execution.get("retry_count") or 0) < int(policy.get("count") or 0)
 
 
-def handle_execution_completed(ctx: Ctx, body: dict) -> None:
-    """`execution.completed`: create the next attempt of a failed top-level execution."""
+def handle_execution_completed(ctx: Ctx, body: dict, peek: dict | None = None) -> None:
+    """`execution.completed`: create the next attempt of a failed top-level execution. `peek`:
+    the execution's `parent, status` and its action's `retry_policy` when already read."""
     eid = body.get("execution_id")
-    peek = ctx.db.one(
-        "SELECT e.parent, e.status, a.retry_policy FROM execution e"
-        " LEFT JOIN action a ON a.id = e.action WHERE e.id = %s", (eid,))
+    if peek is None:
+        peek = ctx.db.one(
+            "SELECT e.parent, e.status, a.retry_policy FROM execution e"
+            " LEFT JOIN action a ON a.id = e.action WHERE e.id = %s", (eid,))
     if peek is None or peek["parent"] is not None or not peek["retry_policy"] \
             or peek["status"] not in RETRY_STATUSES:
         return

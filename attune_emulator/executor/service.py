@@ -20,7 +20,7 @@ import threading
 
 from .. import broker
 from ..db import Database
-from . import enforcements, events, retries, scheduler, workflows
+from . import enforcements, events, prepared, retries, scheduler, workflows
 from .common import Ctx
 from .monitor import TimeoutMonitor
 
@@ -38,13 +38,58 @@ QUEUES = [
 ]
 
 
+_PEEK = prepared.Statement("executor_completed_peek", (
+    "SELECT e.id, e.parent, e.status, e.workflow_task, a.retry_policy FROM execution e"
+    " LEFT JOIN action a ON a.id = e.action WHERE e.id = ANY(%(ids)s)"), {"ids": "bigint[]"})
+
+
 def handle_execution_completed(ctx: Ctx, body: dict) -> None:
     """`execution.completed`: advance the workflow of a child, then (extension E2) retry a failed
-    top-level execution whose action has a retry policy. One failing step does not stop the other."""
-    try:
-        workflows.handle_execution_completed(ctx, body)
-    finally:
-        retries.handle_execution_completed(ctx, body)
+    top-level execution whose action has a retry policy. One failing step does not stop the other.
+    Both start from the same row, read once."""
+    _completed(ctx, [body], raise_errors=True)
+
+
+def handle_execution_completed_batch(ctx: Ctx, bodies: list[dict]) -> None:
+    """`execution.completed` messages that arrived together: their rows are read with one
+    statement, then each is handled as `handle_execution_completed`, in order (a failure is
+    logged and does not stop the others)."""
+    _completed(ctx, bodies, raise_errors=False)
+
+
+def _completed(ctx: Ctx, bodies: list[dict], raise_errors: bool) -> None:
+    ids = []
+    for body in bodies:
+        try:
+            ids.append(int(body.get("execution_id")))
+        except (TypeError, ValueError):
+            pass
+    rows = prepared.run(ctx.db, _PEEK, {"ids": ids}, fetch="all") if ids else []
+    peeks = {row["id"]: row for row in rows}
+    for body in bodies:
+        try:
+            peek = peeks.get(int(body.get("execution_id")))
+        except (TypeError, ValueError):
+            peek = None
+        if peek is None:
+            log.warning("execution.completed for unknown execution %s", body.get("execution_id"))
+            continue
+        try:
+            try:
+                workflows.handle_execution_completed(ctx, body, peek)
+            finally:
+                retries.handle_execution_completed(ctx, body, peek)
+        except Exception:
+            if raise_errors:
+                raise
+            log.exception("execution.completed handling failed for %s", body)
+
+
+# queues whose messages are handled together when several arrive at once
+BATCH_HANDLERS = {
+    "executor.requests": scheduler.handle_execution_requested_batch,
+    "executor.completions": handle_execution_completed_batch,
+}
 
 
 def recover(ctx: Ctx) -> None:
@@ -102,8 +147,14 @@ def main(cfg) -> int:
     for queue, exchange, key, handler in QUEUES:
         def wrapped(_rk, body, handler=handler):
             handler(ctx, body)
-        consumer = broker.Consumer(url, queue, [(exchange, key)], wrapped, prefetch=1,
-                                   name=f"executor-{queue}")
+        batch = BATCH_HANDLERS.get(queue)
+        # several deliveries in flight per queue: the next one is already here when a handler
+        # returns (handled in order; redelivered if the executor dies)
+        consumer = broker.Consumer(
+            url, queue, [(exchange, key)], wrapped, prefetch=32 if batch else 10,
+            name=f"executor-{queue}",
+            batch_handler=(lambda items, batch=batch: batch(ctx, [b for _rk, b in items]))
+            if batch else None)
         consumer.start()
         consumers.append(consumer)
     for consumer in consumers:

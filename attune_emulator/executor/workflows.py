@@ -844,9 +844,11 @@ def start_workflow(ctx: Ctx, execution_id: int) -> None:
     _flush(ctx, messages)
 
 
-def handle_execution_completed(ctx: Ctx, body: dict) -> None:
+def handle_execution_completed(ctx: Ctx, body: dict, peek: dict | None = None) -> None:
+    """`peek`: the execution's `id, parent, status, workflow_task` when already read."""
     eid = body.get("execution_id")
-    child = ctx.db.one("SELECT id, parent, status, workflow_task FROM execution WHERE id = %s", (eid,))
+    child = peek if peek is not None else ctx.db.one(
+        "SELECT id, parent, status, workflow_task FROM execution WHERE id = %s", (eid,))
     if child is None:
         log.warning("execution.completed for unknown execution %s", eid)
         return

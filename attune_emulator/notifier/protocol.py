@@ -11,9 +11,9 @@
 """
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,15 +123,32 @@ class Notification:
     user_id: int | None
     payload: Any
     timestamp: str
+    payload_text: str | None = None   # the JSON text `payload` was parsed from, when known
 
     def to_message(self) -> dict:
         return {"type": "notification", "notification_type": self.notification_type,
                 "entity_type": self.entity_type, "entity_id": self.entity_id,
                 "user_id": self.user_id, "payload": self.payload, "timestamp": self.timestamp}
 
+    def to_frame(self) -> str:
+        """`to_message()` as JSON text; the payload's own text is spliced in (not re-encoded)."""
+        if self.payload_text is None:
+            return json.dumps(self.to_message(), separators=(",", ":"))
+        return (f'{{"type":"notification","notification_type":{json.dumps(self.notification_type)},'
+                f'"entity_type":{json.dumps(self.entity_type)},"entity_id":{self.entity_id},'
+                f'"user_id":{"null" if self.user_id is None else self.user_id},'
+                f'"payload":{self.payload_text},"timestamp":{json.dumps(self.timestamp)}}}')
+
+
+_second: list = [None, ""]   # (epoch second, its formatted prefix): strftime once per second
+
 
 def now_rfc3339() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    now = time.time()
+    sec = int(now)
+    if _second[0] != sec:
+        _second[:] = [sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))]
+    return f"{_second[1]}.{int((now - sec) * 1_000_000):06d}Z"
 
 
 def notification_from_pg(channel: str, payload_text: str, timestamp: str | None = None
@@ -154,7 +171,7 @@ def notification_from_pg(channel: str, payload_text: str, timestamp: str | None 
     if isinstance(user_id, bool) or not isinstance(user_id, int):
         user_id = None
     return Notification(channel, entity_type, entity_id, user_id, payload,
-                        timestamp or now_rfc3339())
+                        timestamp or now_rfc3339(), payload_text)
 
 
 @dataclass
@@ -176,6 +193,10 @@ class Subscriptions:
 
     def wants(self, n: Notification) -> bool:
         return bool(self.filters) and any(f.matches(n) for f in self.filters)
+
+    def may_want(self, channel: str) -> bool:
+        """False when no filter can match a notification of `channel` (before parsing it)."""
+        return any(f.kind != "notification_type" or f.value == channel for f in self.filters)
 
     def __len__(self) -> int:
         return len(self.filters)

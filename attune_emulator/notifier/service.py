@@ -341,6 +341,8 @@ class Notifier:
 
     # ------------------------------------------------------------------ fan-out
     def dispatch(self, channel: str, payload: str) -> None:
+        if not any(c.subs.may_want(channel) for c in self.clients.values()):
+            return  # nobody could receive it: not even parsed
         try:
             n = P.notification_from_pg(channel, payload)
         except ValueError as exc:
@@ -350,7 +352,7 @@ class Notifier:
         for client in list(self.clients.values()):
             if client.subs.wants(n) and self._visible(client, n):
                 if frame is None:
-                    frame = json.dumps(n.to_message(), separators=(",", ":"))
+                    frame = n.to_frame()
                 client.queue.put_nowait(frame)
                 self.delivered += 1
         log.debug("notification %s %s:%s", channel, n.entity_type, n.entity_id)

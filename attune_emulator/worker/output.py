@@ -139,6 +139,7 @@ class ProcessOutcome:
     cancelled: bool = False
     stdin_error: str | None = None
     extra: dict = field(default_factory=dict)
+    pid: int | None = None
 
 
 def _add_logs_and_truncation(result: dict, outcome: ProcessOutcome, stderr_log: str | None) -> None:

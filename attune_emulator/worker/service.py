@@ -33,6 +33,8 @@ import psycopg2
 from .. import auth, broker, crypto
 from ..db import J, Database
 from .. import pack_store
+from ..executor import prepared
+from ..executor.definitions import DefinitionCache
 from ..artifacts import execution_log_dir
 from . import container, envs, params
 from .output import ProcessOutcome, failure_result, shape_result
@@ -133,6 +135,10 @@ class WorkerService:
         self.inflight_cv = threading.Condition()
         self.consumers: list[broker.Consumer] = []
         self._key_has_expiry: bool | None = None
+        self.definitions = DefinitionCache(self.db)
+        self._claim_sql: prepared.Statement | None = None
+        # the environment every action starts from (this process never changes its own)
+        self.base_env = dict(os.environ)
 
     # ------------------------------------------------------------------ registration, heartbeat
     def register(self) -> int:
@@ -252,30 +258,93 @@ class WorkerService:
         with self.controls_lock:
             self.controls[execution_id] = control
         try:
-            execution = self.db.one(
-                """UPDATE execution SET status = 'running', started_at = now()
-                   WHERE id = %s AND status = 'scheduled' RETURNING *""", (execution_id,))
+            execution = self._claim(execution_id)
             self._safe_ack(ack)
             if execution is None:
                 row = self.db.one("SELECT status FROM execution WHERE id = %s", (execution_id,))
                 log.info("execution %s: not claimed (status %s); skipping", execution_id,
                          row["status"] if row else "missing")
                 return
+            hints = {k: execution.pop(k) for k in list(execution) if k.startswith("_hint_")}
             log.info("execution %s: claimed (%s), status running", execution_id,
                      execution["action_ref"])
-            self._audit(execution, "execution.started", "running", "scheduled")
-            self._execute(execution, control)
+            self._execute(execution, control, hints)
         finally:
             with self.controls_lock:
                 self.controls.pop(execution_id, None)
 
-    def _execute(self, execution: dict, control: RunControl) -> None:
+    def _claim_statement(self) -> prepared.Statement:
+        """`scheduled -> running` and its E6 `execution.started` row in one statement, returning
+        the execution plus hints for `_prepare` (each saves a round trip; `_prepare` reads what a
+        hint does not cover): the row versions of its action, pack and runtime, its rule and
+        trigger refs, whether secret parameters are stored, and the ambient keys of the joined
+        action and pack."""
+        if self._claim_sql is None:
+            expiry = " AND (k.expires_at IS NULL OR k.expires_at > now())" \
+                if self._keys_expire() else ""
+            secrets = ("EXISTS (SELECT 1 FROM execution_secret_value s WHERE s.entity_id = c.id"
+                       " AND s.entity_type IN ('execution', 'execution_config'))") \
+                if self._has_table("execution_secret_value") else "NULL"
+            self._claim_sql = prepared.Statement("worker_claim", f"""
+            WITH claimed AS (
+                UPDATE execution SET status = 'running', started_at = now()
+                WHERE id = %(id)s AND status = 'scheduled' RETURNING *),
+            started AS (
+                INSERT INTO audit_event (category, event_type, outcome, actor_login,
+                    actor_token_type, resource_type, resource_id, resource_ref, details)
+                SELECT 'execution', %(event)s, %(outcome)s, %(actor)s, 'worker', 'executions',
+                       c.id::text, c.action_ref, %(details)s FROM claimed c)
+            SELECT c.*, a.xmin::text AS _hint_action_version,
+                   a.pack AS _hint_pack_id, p.xmin::text AS _hint_pack_version,
+                   a.runtime AS _hint_runtime_id, r.xmin::text AS _hint_runtime_version,
+                   en.id IS NOT NULL AS _hint_enforcement_found,
+                   en.rule_ref AS _hint_rule_ref, en.trigger_ref AS _hint_trigger_ref,
+                   {secrets} AS _hint_has_secrets,
+                   CASE WHEN a.id IS NOT NULL THEN COALESCE((
+                       SELECT jsonb_agg(jsonb_build_object('name', k.name, 'value', k.value,
+                                  'encrypted', k.encrypted,
+                                  'encryption_key_hash', k.encryption_key_hash, 'ref', k.ref)
+                              ORDER BY CASE k.owner_type WHEN 'system' THEN 0
+                                       WHEN 'pack' THEN 1 ELSE 2 END, k.id)
+                       FROM key k
+                       WHERE (k.owner_type = 'system'
+                              OR (k.owner_type = 'pack' AND (k.owner_pack = a.pack
+                                  OR k.owner_pack_ref = COALESCE(NULLIF(p.ref, ''),
+                                      NULLIF(a.pack_ref, ''), split_part(c.action_ref, '.', 1))))
+                              OR (k.owner_type = 'action' AND (k.owner_action = a.id
+                                  OR k.owner_action_ref = a.ref))){expiry}),
+                       '[]'::jsonb) END AS _hint_keys
+            FROM claimed c
+            LEFT JOIN action a ON a.id = c.action
+            LEFT JOIN pack p ON p.id = a.pack
+            LEFT JOIN runtime r ON r.id = a.runtime
+            LEFT JOIN enforcement en ON en.id = c.enforcement""", self.AUDIT_TYPES)
+        return self._claim_sql
+
+    def _claim(self, execution_id: int) -> dict | None:
+        """The claimed execution row (with `_hint_*` keys), or None when it is not `scheduled`."""
+        audit = self._audit_args("execution.started", "running", "scheduled")
+        try:
+            return prepared.run(self.db, self._claim_statement(), {"id": execution_id, **audit})
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            raise
+        except (psycopg2.Error, prepared.Stale) as exc:  # nothing was written: claim plainly
+            log.warning("execution %s: combined claim failed (%s); claiming without hints",
+                        execution_id, str(exc).strip())
+        execution = self.db.one(
+            """UPDATE execution SET status = 'running', started_at = now()
+               WHERE id = %s AND status = 'scheduled' RETURNING *""", (execution_id,))
+        if execution is not None:
+            self._audit(execution, "execution.started", "running", "scheduled")
+        return execution
+
+    def _execute(self, execution: dict, control: RunControl, hints: dict | None = None) -> None:
         execution_id = int(execution["id"])
         temp_paths: list[Path] = []
         plan: dict = {}
         try:
             try:
-                plan = self._prepare(execution, temp_paths)
+                plan = self._prepare(execution, temp_paths, hints or {})
             except PrepareError as exc:
                 log.error("execution %s: %s", execution_id, exc)
                 self._finish(execution_id, "failed", failure_result(str(exc)), execution)
@@ -308,11 +377,11 @@ class WorkerService:
             if plan.get("finalize"):  # E12: result.container, then nothing left behind
                 result = plan["finalize"](status, result)
                 plan["cleanup"]()
-            log.info("execution %s: process exited with code %s after %s ms -> %s%s", execution_id,
-                     outcome.exit_code, outcome.duration_ms, status,
+            log.info("execution %s: process %s exited with code %s after %s ms -> %s%s",
+                     execution_id, outcome.pid, outcome.exit_code, outcome.duration_ms, status,
                      " (timed out)" if outcome.timed_out else
                      " (cancelled)" if outcome.cancelled else "")
-            self._finish(execution_id, status, result, execution)
+            self._finish(execution_id, status, result, execution, announced=True)
         finally:
             if plan.get("cleanup"):  # E12: staging dir, container / sandbox process
                 try:
@@ -340,11 +409,30 @@ class WorkerService:
         return shape_result(outcome, output_format, str(stderr_log))
 
     # ------------------------------------------------------------------ preparation
-    def _prepare(self, execution: dict, temp_paths: list[Path]) -> dict:
+    def _definitions(self, execution: dict, hints: dict) -> tuple[dict, dict | None, dict | None,
+                                                                  bool]:
+        """(action, pack, runtime, joined): `joined` when action and pack are the versions the
+        claim statement joined, so its key hint describes them."""
+        action_version = hints.get("_hint_action_version")
+        action, version = self.definitions.get("action", execution.get("action"), action_version)
+        if action is None:
+            action, version = self._load_action(execution), None
+        joined = action_version is not None and version == action_version
+
+        def hinted(table: str, row_id):
+            same = row_id is not None and row_id == hints.get(f"_hint_{table}_id")
+            return self.definitions.get(table, row_id,
+                                        hints.get(f"_hint_{table}_version") if same else None)
+
+        pack, pack_version = hinted("pack", action.get("pack"))
+        runtime, _ = hinted("runtime", action.get("runtime"))
+        joined = joined and pack_version == hints.get("_hint_pack_version")
+        return action, pack, runtime, joined
+
+    def _prepare(self, execution: dict, temp_paths: list[Path], hints: dict | None = None) -> dict:
         execution_id = int(execution["id"])
-        action = self._load_action(execution)
-        pack = self.db.one("SELECT * FROM pack WHERE id = %s", (action["pack"],)) \
-            if action.get("pack") is not None else None
+        hints = hints or {}
+        action, pack, runtime, joined = self._definitions(execution, hints)
         pack_ref = (pack or {}).get("ref") or action.get("pack_ref") or \
             execution["action_ref"].split(".", 1)[0]
         pack_dir = Path((pack or {}).get("storage_path") or
@@ -354,8 +442,6 @@ class WorkerService:
         pin = pack_store.pin(pack_dir, Path(self.packs_base_dir) if self.packs_base_dir else None)
         self.holds.setdefault(execution_id, []).append(pin)
         pack_dir = pin.directory
-        runtime = self.db.one("SELECT * FROM runtime WHERE id = %s", (action["runtime"],)) \
-            if action.get("runtime") is not None else None
         rt_key = self._runtime_key_for(action, runtime)
         exec_config = (runtime or {}).get("execution_config") or {}
         if rt_key == "native" or (runtime is not None and not exec_config.get("interpreter")
@@ -367,8 +453,11 @@ class WorkerService:
             raise PrepareError(f"Action execution failed: Interpreter '{interp}' is not available")
 
         try:
-            config = self._restore_secrets(execution_id, execution.get("config"))
-            document = params.merge_document(config, self._ambient_keys(action, pack_ref))
+            config = execution.get("config")
+            if hints.get("_hint_has_secrets") is not False:
+                config = self._restore_secrets(execution_id, config)
+            keys = hints.get("_hint_keys") if joined else None
+            document = params.merge_document(config, self._ambient_keys(action, pack_ref, keys))
         except PrepareError:
             raise
         except Exception as exc:
@@ -379,7 +468,7 @@ class WorkerService:
         fmt = (action.get("parameter_format") or "json").lower()
         output_format = (action.get("output_format") or "text").lower()
 
-        env = dict(os.environ)
+        env = dict(self.base_env)
         env.update({
             "ATTUNE_EXEC_ID": str(execution_id),
             "ATTUNE_ACTION": execution["action_ref"],
@@ -391,8 +480,13 @@ class WorkerService:
         env.pop("ATTUNE_API_TOKEN", None)
         env.pop("ATTUNE_PARAMETER_FILE", None)
         if execution.get("enforcement") is not None:
-            enf = self.db.one("SELECT rule_ref, trigger_ref FROM enforcement WHERE id = %s",
-                              (execution["enforcement"],))
+            if "_hint_enforcement_found" in hints:
+                enf = {"rule_ref": hints["_hint_rule_ref"],
+                       "trigger_ref": hints["_hint_trigger_ref"]} \
+                    if hints["_hint_enforcement_found"] else None
+            else:
+                enf = self.db.one("SELECT rule_ref, trigger_ref FROM enforcement WHERE id = %s",
+                                  (execution["enforcement"],))
             if enf:
                 env["ATTUNE_RULE"] = enf["rule_ref"] or ""
                 env["ATTUNE_TRIGGER"] = enf["trigger_ref"] or ""
@@ -418,9 +512,13 @@ class WorkerService:
         stdin_data: bytes | None = None
         if inline:
             script_dir = Path(tempfile.gettempdir()) / "attune" / "inline_actions"
-            script_dir.mkdir(parents=True, exist_ok=True)
             script = script_dir / f"exec_{execution_id}.sh"
-            script.write_text(params.build_inline_script(entry, document))
+            text = params.build_inline_script(entry, document)
+            try:
+                script.write_text(text)
+            except FileNotFoundError:  # first run, or the folder was cleaned away
+                script_dir.mkdir(parents=True, exist_ok=True)
+                script.write_text(text)
             script.chmod(0o700)
             temp_paths.append(script)
             argv = [self.runtimes["shell"], str(script)]
@@ -537,7 +635,11 @@ class WorkerService:
             return int(action["timeout_seconds"])
         return self.task_timeout
 
-    def _ambient_keys(self, action: dict, pack_ref: str) -> list[tuple[str, Any]]:
+    def _ambient_keys(self, action: dict, pack_ref: str,
+                      rows: list[dict] | None = None) -> list[tuple[str, Any]]:
+        """`rows`: the key rows when already read (the claim's hint), else they are read here."""
+        if rows is not None:
+            return self._decrypt_keys(action, rows)
         expiry = " AND (expires_at IS NULL OR expires_at > now())" if self._keys_expire() else ""
         rows = self.db.all(
             f"""SELECT name, value, encrypted, encryption_key_hash, owner_type, ref FROM key
@@ -547,6 +649,9 @@ class WorkerService:
                 {expiry}
                 ORDER BY CASE owner_type WHEN 'system' THEN 0 WHEN 'pack' THEN 1 ELSE 2 END, id""",
             (action.get("pack"), pack_ref, action["id"], action["ref"]))
+        return self._decrypt_keys(action, rows)
+
+    def _decrypt_keys(self, action: dict, rows: list[dict]) -> list[tuple[str, Any]]:
         out: list[tuple[str, Any]] = []
         for row in rows:
             value = row["value"]
@@ -644,13 +749,16 @@ class WorkerService:
     # ------------------------------------------------------------------ completion
     RESULT_RETRY_SECONDS = 300.0  # how long a finished execution's result waits for the database
 
-    def _one_retrying(self, sql: str, args: tuple, what: str):
-        """`db.one`, retried while the database is unreachable (an outage or a restart), so a
-        result that finishes during the outage is recorded once it is back instead of lost."""
+    def _one_retrying(self, sql, args, what: str):
+        """`db.one` (or `prepared.run` for a prepared statement), retried while the database is
+        unreachable (an outage or a restart), so a result that finishes during the outage is
+        recorded once it is back instead of lost."""
         deadline = time.monotonic() + self.RESULT_RETRY_SECONDS
         delay = 0.2
         while True:
             try:
+                if isinstance(sql, prepared.Statement):
+                    return prepared.run(self.db, sql, args)
                 return self.db.one(sql, args)
             except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
                 if getattr(exc, "pgcode", None) or time.monotonic() >= deadline:
@@ -660,26 +768,56 @@ class WorkerService:
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
+    AUDIT_TYPES = {"id": "bigint", "event": "text", "outcome": "text", "actor": "text",
+                   "details": "jsonb"}
+    FINISH_SQL = """UPDATE execution SET status = %(status)s, result = %(result)s
+                    WHERE id = %(id)s AND status IN ('running', 'canceling')
+                    RETURNING id, status, action_ref"""
+    # the same plus the E6 lifecycle row, committed together (one round trip)
+    FINISH_AUDITED = prepared.Statement("worker_finish", f"""
+        WITH finished AS ({FINISH_SQL}),
+        audited AS (
+            INSERT INTO audit_event (category, event_type, outcome, actor_login, actor_token_type,
+                                     resource_type, resource_id, resource_ref, details)
+            SELECT 'execution', %(event)s, %(outcome)s, %(actor)s, 'worker', 'executions',
+                   f.id::text, f.action_ref, %(details)s FROM finished f)
+        SELECT * FROM finished""", {**AUDIT_TYPES, "status": "execution_status_enum",
+                                    "result": "jsonb"})
+
     def _finish(self, execution_id: int, status: str, result: dict,
-                execution: dict | None = None) -> None:
-        row = self._one_retrying(
-            """UPDATE execution SET status = %s, result = %s
-               WHERE id = %s AND status IN ('running', 'canceling')
-               RETURNING id, status, action_ref""",
-            (status, J(result), execution_id), f"execution {execution_id}: recording {status}")
-        if row is None:
-            current = self.db.one("SELECT status FROM execution WHERE id = %s", (execution_id,))
-            log.warning("execution %s: result not recorded, status is already %s", execution_id,
-                        current["status"] if current else "missing")
-            return
-        log.info("execution %s: status %s", execution_id, status)
+                execution: dict | None = None, announced: bool = False) -> None:
+        """Record the terminal status; `announced`: the caller already logged it."""
+        audit = None
         if execution is not None:
             event = {"completed": "execution.completed", "failed": "execution.failed",
                      "cancelled": "execution.cancelled"}.get(status, "execution.completed")
             if status == "failed" and str(result.get("error", "")).startswith("Execution timed out"):
                 event = "execution.timed_out"
-            self._audit(execution, event, status, "running")
+            audit = self._audit_args(event, status, "running")
+        row = self._record_result(execution_id, status, result, audit)
+        if row is None:
+            current = self.db.one("SELECT status FROM execution WHERE id = %s", (execution_id,))
+            log.warning("execution %s: result not recorded, status is already %s", execution_id,
+                        current["status"] if current else "missing")
+            return
+        if not announced:
+            log.info("execution %s: status %s", execution_id, status)
         self._publish_completed(execution_id, status)
+
+    def _record_result(self, execution_id: int, status: str, result: dict,
+                       audit: dict | None) -> dict | None:
+        args = {"id": execution_id, "status": status, "result": J(result)}
+        what = f"execution {execution_id}: recording {status}"
+        if audit is None:
+            return self._one_retrying(self.FINISH_SQL, args, what)
+        try:
+            return self._one_retrying(self.FINISH_AUDITED, {**args, **audit}, what)
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            raise
+        except (psycopg2.Error, prepared.Stale) as exc:  # auditing never fails the run
+            log.warning("execution %s: result with audit entry %s failed (%s); recording the "
+                        "result alone", execution_id, audit["event"], str(exc).strip())
+        return self._one_retrying(self.FINISH_SQL, args, what)
 
     def _publish_completed(self, execution_id: int, status: str) -> None:
         try:
@@ -688,23 +826,35 @@ class WorkerService:
         except Exception as exc:
             log.error("execution %s: cannot publish execution.completed: %s", execution_id, exc)
 
+    def _audit_args(self, event_type: str, status: str, old_status: str) -> dict:
+        """Parameters of an execution lifecycle audit row (extension E6) written by the worker."""
+        outcome = "failure" if event_type in ("execution.failed", "execution.timed_out") else "success"
+        return {"event": event_type, "outcome": outcome, "actor": f"worker:{self.name}",
+                "details": J({"worker_id": self.worker_id, "status": status,
+                              "old_status": old_status})}
+
     def _audit(self, execution: dict, event_type: str, status: str, old_status: str) -> None:
         """Audit trail entries for execution lifecycle (extension E6); never fails the run."""
-        outcome = "failure" if event_type in ("execution.failed", "execution.timed_out") else "success"
+        args = self._audit_args(event_type, status, old_status)
         try:
             self.db.execute(
                 """INSERT INTO audit_event (category, event_type, outcome, actor_login,
                        actor_token_type, resource_type, resource_id, resource_ref, details)
-                   VALUES ('execution', %s, %s, %s, 'worker', 'executions', %s, %s, %s)""",
-                (event_type, outcome, f"worker:{self.name}", str(execution["id"]),
-                 execution["action_ref"],
-                 J({"worker_id": self.worker_id, "status": status, "old_status": old_status})))
+                   VALUES ('execution', %(event)s, %(outcome)s, %(actor)s, 'worker', 'executions',
+                           %(id)s, %(ref)s, %(details)s)""",
+                {**args, "id": str(execution["id"]), "ref": execution["action_ref"]})
         except psycopg2.Error as exc:
             log.warning("execution %s: audit entry %s not written: %s", execution["id"],
                         event_type, exc)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
+        max_age_days = float(self.cfg.get("worker.env_store_max_age_days", 14))
+        pruned = envs.prune_store(self.runtime_envs_dir, max_age_days * 86400)
+        if pruned:
+            log.info("removed %d environment(s) unused for %g days: %s", len(pruned),
+                     max_age_days, ", ".join(pruned))
+        self.sweep_deleted_pack_envs()
         url = self.cfg.amqp_url
         wid = self.worker_id
         self.consumers = [
@@ -715,8 +865,12 @@ class WorkerService:
             broker.Consumer(url, f"worker.{wid}.cancel",
                             [(broker.EXECUTIONS, f"execution.cancel.worker.{wid}")],
                             self.on_cancel, prefetch=10, name=f"worker-{wid}-cancel"),
-            broker.Consumer(url, f"worker.{wid}.packs", [(broker.EVENTS, "pack.deleted")],
-                            self.on_pack_deleted, prefetch=1, name=f"worker-{wid}-packs"),
+            # exclusive: gone with this worker's connection, so a worker that never comes back
+            # leaves no queue filling up with pack events; packs deleted while it was down are
+            # swept at start (sweep_deleted_pack_envs)
+            broker.Consumer(url, f"worker.{wid}.pack-events", [(broker.EVENTS, "pack.deleted")],
+                            self.on_pack_deleted, prefetch=1, durable=False, exclusive=True,
+                            name=f"worker-{wid}-pack-events"),
         ]
         for consumer in self.consumers:
             consumer.start()
@@ -730,6 +884,19 @@ class WorkerService:
         threading.Thread(target=self.heartbeat_loop, name="heartbeat", daemon=True).start()
         log.info("worker %r (id %s) consuming worker.%s.executions and worker.%s.cancel",
                  self.name, wid, wid, wid)
+
+    def sweep_deleted_pack_envs(self) -> None:
+        """Drop the environments of packs that no longer exist (deleted while this worker was
+        down, so it never saw their `pack.deleted`)."""
+        root = Path(self.runtime_envs_dir)
+        if not root.is_dir():
+            return
+        known = {row["ref"] for row in self.db.all("SELECT ref FROM pack")}
+        for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if folder.name not in known:
+                removed = envs.remove_pack_envs(self.runtime_envs_dir, folder.name)
+                log.info("pack %s no longer exists: removed its environments %s", folder.name,
+                         ", ".join(removed) or folder)
 
     def on_pack_deleted(self, _routing_key: str, message: dict) -> None:
         """`pack.deleted`: drop the pack's virtualenv / node_modules (they would never be used

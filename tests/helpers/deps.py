@@ -23,7 +23,7 @@ from typing import Iterable
 from tests.helpers.client import ApiError, AttuneClient
 from tests.helpers.packs import build_pack_archive
 from tests.helpers.polling import TERMINAL, wait_for_execution
-from tests.helpers.scenario import all_items, secs
+from tests.helpers.scenario import all_items, parse_ts, secs
 
 log = logging.getLogger("attune-e2e")
 
@@ -80,6 +80,34 @@ def wall_seconds(execution: dict) -> float:
     return secs(execution["started_at"], execution["updated"])
 
 
+def assert_second_run_reused(first: dict, second: dict, installed_at: float | None,
+                             uploaded_at: float, what: str, slack: float = 1.0) -> None:
+    """Caching, judged by when the pack's installed files were written (`installed_at`, a file
+    time reported by the action itself; copies keep file times):
+    - written during the first run: that run installed, so the second run, which must not,
+      spends less than half the first one's time `running`;
+    - written before this pack was uploaded: the target reused an environment it had built
+      before for the same manifest (the embedded worker's content-addressed store; a second
+      suite run on a machine installs nothing), so neither run installed: both are warm runs.
+    Anything else (no install time, or one after the first run) fails."""
+    cold, warm = wall_seconds(first), wall_seconds(second)
+    assert installed_at is not None, f"{what}: the action reported no install time"
+    started, ended = (parse_ts(first[k]).timestamp() for k in ("started_at", "updated"))
+    if installed_at >= started - slack:
+        assert installed_at <= ended + slack, \
+            f"{what}: dependencies installed at {installed_at}, after the first run ended ({ended})"
+        assert warm < cold / 2, \
+            f"{what}: expected the second run to be much faster than the first (install " \
+            f"included): first {cold:.2f} s running, second {warm:.2f} s"
+    else:
+        assert installed_at <= uploaded_at + slack, \
+            f"{what}: dependencies installed at {installed_at}, after the upload ({uploaded_at}) " \
+            f"but before the first run started ({started})"
+        assert max(cold, warm) < WARM_DEADLINE, \
+            f"{what}: the environment was reused from an earlier install, yet a run took " \
+            f"{cold:.2f} s / {warm:.2f} s running (warm deadline {WARM_DEADLINE} s)"
+
+
 def worker_runtimes(client: AttuneClient) -> set[str]:
     """Lower-cased runtime names that live action workers advertise in GET /api/v1/workers
     (`supported_runtimes: [{name, versions}]`; workers whose `health_state` is offline, error or
@@ -97,5 +125,6 @@ def worker_runtimes(client: AttuneClient) -> set[str]:
     return found
 
 
-__all__ = ["FixturePack", "run_to_end", "run_to_terminal", "wall_seconds", "worker_runtimes",
+__all__ = ["FixturePack", "assert_second_run_reused", "run_to_end", "run_to_terminal",
+           "wall_seconds", "worker_runtimes",
            "INSTALL_DEADLINE", "WARM_DEADLINE", "INSTALL_TEST_TIMEOUT", "FIXTURE_PACKS"]

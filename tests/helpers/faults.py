@@ -135,7 +135,7 @@ class FaultStack:
                 with contextlib.suppress(Exception):
                     self.client.delete_pack(self.pack)
         finally:
-            self.stack.down(stop_infra=True, grace=10)
+            self.stack.down(stop_infra=True, grace=10, reset=self._infra_up())
 
     # ------------------------------------------------------------------ infrastructure
     def _infra_up(self) -> bool:

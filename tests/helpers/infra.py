@@ -666,6 +666,43 @@ def stop_infra(state_dir: str | os.PathLike) -> list[str]:
     return stopped
 
 
+def drop_schema(url: str, schema: str) -> None:
+    """`DROP SCHEMA <schema> CASCADE` as the configured (owning) role: every table and row of
+    the stack goes; the services' migration creates the schema again on their next start."""
+    import psycopg2
+    from psycopg2 import sql
+    conn = psycopg2.connect(url, connect_timeout=5)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    finally:
+        conn.close()
+
+
+def delete_queues(state_dir: str | os.PathLike, url: str) -> int:
+    """Delete every queue of `url`'s vhost on the RabbitMQ this module started for `state_dir`
+    (names from rabbitmqctl, deletion over AMQP). Returns how many were deleted."""
+    import pika
+    rec = _State(Path(state_dir).resolve()).load().get("rabbitmq")
+    if not rec:
+        raise InfraError(f"no RabbitMQ was started for {state_dir}")
+    vhost = _amqp_params(url)["vhost"]
+    out = _rabbitmqctl(rec, ["list_queues", "-q", "--no-table-headers", "-p", vhost, "name"])
+    if out.returncode != 0:
+        raise InfraError(f"rabbitmqctl list_queues failed: {(out.stderr or out.stdout)[-500:]}")
+    names = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+    if names:
+        conn = pika.BlockingConnection(pika.URLParameters(url))
+        try:
+            channel = conn.channel()
+            for name in names:
+                channel.queue_delete(queue=name)
+        finally:
+            conn.close()
+    return len(names)
+
+
 def infra_status(state_dir: str | os.PathLike) -> dict[str, Any]:
     data = _State(Path(state_dir).resolve()).load()
     out = {}
@@ -682,8 +719,11 @@ def main(argv: list[str] | None = None) -> int:
     repo = Path(__file__).resolve().parents[2]
     ap = argparse.ArgumentParser(prog="python -m tests.helpers.infra")
     ap.add_argument("command", choices=["up", "down", "status"])
-    ap.add_argument("--config", default=str(repo / "config.e2e.yaml"))
-    ap.add_argument("--state-dir", default=str(repo / ".state"))
+    env = os.environ.get  # the suite's defaults: ATTUNE_E2E_CONFIG / ATTUNE_E2E_STATE_DIR
+    ap.add_argument("--config", default=str(repo / env("ATTUNE_E2E_CONFIG", "config.e2e.yaml")),
+                    help="configuration file (default: $ATTUNE_E2E_CONFIG or config.e2e.yaml)")
+    ap.add_argument("--state-dir", default=str(repo / env("ATTUNE_E2E_STATE_DIR", ".state")),
+                    help="state folder (default: $ATTUNE_E2E_STATE_DIR or .state)")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(repo))
     from attune_emulator.config import load_config

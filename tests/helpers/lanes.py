@@ -137,6 +137,7 @@ class Lanes:
             with contextlib.suppress(Exception):
                 if self.services.is_running(name):
                     self.services.stop(name, grace=15)
+                self.services.forget(name)
 
 
 @pytest.fixture

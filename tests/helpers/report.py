@@ -596,7 +596,12 @@ class _XdistProgress:
         self.collector._expect(ids)
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    # pytest.ini's --junitxml=reports/... follows $ATTUNE_E2E_REPORTS_DIR (a private stack's)
+    xml = getattr(config.option, "xmlpath", None)
+    if xml and os.environ.get("ATTUNE_E2E_REPORTS_DIR") and Path(xml).parts[:1] == ("reports",):
+        config.option.xmlpath = str(reports_dir(config).joinpath(*Path(xml).parts[1:]))
     if config.getoption("collectonly", False):
         return
     config.pluginmanager.register(DiagnosticsWriter(config), "attune-e2e-diagnostics")

@@ -244,6 +244,16 @@ class ServiceManager:
     def _exit_path(self, name: str) -> Path:
         return self.run_dir / f"{name}.exit"
 
+    def forget(self, name: str) -> None:
+        """Drop the run files (pid, spec, exit code) of a service that no longer runs and will not
+        be started again (a test's lane worker), so `<state_dir>/run` does not grow per run."""
+        if self.pid(name) is not None:
+            raise ServiceError(f"{name} is still running; stop it before forgetting it")
+        for path in (self._pid_path(name), self._spec_path(name), self._exit_path(name)):
+            path.unlink(missing_ok=True)
+        self._children = {pid: proc for pid, proc in self._children.items()
+                          if proc.poll() is None}
+
     def names(self) -> list[str]:
         """Services with a pid file, the standard five first."""
         found = sorted(p.stem for p in self.run_dir.glob("*.pid")) if self.run_dir.exists() else []

@@ -4,10 +4,11 @@
     info = stack.up()      # {"api_url", "ws_url", "database_url", "amqp_url", "logs", "timings", ...}
     ...
     stack.down()           # stops the services; PostgreSQL and RabbitMQ keep running for reuse
+    stack.down(reset=True) # ... and clears the run's data (what `up` also does after a crash)
 
 CLI for manual work:
 
-    python -m tests.helpers.stack up|down|status [--config config.e2e.yaml] [--stop-infra]
+    python -m tests.helpers.stack up|down|status [--config config.e2e.yaml] [--stop-infra] [--reset]
 """
 from __future__ import annotations
 
@@ -94,6 +95,64 @@ class EmbeddedStack:
                 "config": str(self.config_path),
                 "timings": dict(self.timings)}
 
+    @property
+    def _dirty_marker(self) -> Path:
+        return self.state_dir / "run" / "data-in-use"
+
+    def _owned_dir(self, key: str) -> Path | None:
+        """The configured directory `key` when it lies inside the state folder (only those are
+        ours to empty; a config pointing at /opt/attune/... is left alone)."""
+        value = self.cfg.get(key)
+        if not value:
+            return None
+        path = Path(value).resolve()
+        return path if path.is_relative_to(self.state_dir) else None
+
+    def reset_data(self) -> list[str]:
+        """Remove what a run leaves behind that no later run reuses: the database schema's rows
+        (dropped; the next bootstrap creates it again), the broker's queues, execution logs,
+        uploaded packs, pack environments and the run files of services that are not running.
+        Kept for reuse: PostgreSQL and RabbitMQ themselves, the environment store and download
+        caches under `<runtime_envs_dir>/.store` and `.cache`. Only servers this helper started
+        (infra.json) and folders inside the state folder are touched; services must be stopped.
+        Returns what was cleared."""
+        import shutil
+
+        running = [n for n in self.services.names() if self.services.is_running(n)]
+        if running:
+            raise StackError(f"reset_data: services still running: {', '.join(running)}")
+        cleared = []
+        st = infra.infra_status(self.state_dir)
+        if st.get("postgres", {}).get("running"):
+            schema = self.cfg.get("database.schema") or "attune"
+            infra.drop_schema(self.cfg.database_url, schema)
+            cleared.append(f"database schema {schema}")
+        if st.get("rabbitmq", {}).get("running"):
+            deleted = infra.delete_queues(self.state_dir, self.cfg.amqp_url)
+            cleared.append(f"{deleted} broker queue(s)")
+        for key in ("artifacts_dir", "packs_base_dir"):
+            folder = self._owned_dir(key)
+            if folder is not None and folder.is_dir():
+                for child in folder.iterdir():
+                    if child.is_dir() and not child.is_symlink():
+                        shutil.rmtree(child, ignore_errors=True)
+                    else:
+                        child.unlink(missing_ok=True)
+                cleared.append(str(folder))
+        envs_dir = self._owned_dir("runtime_envs_dir")
+        if envs_dir is not None and envs_dir.is_dir():
+            packs = [c for c in envs_dir.iterdir() if not c.name.startswith(".")]
+            for child in packs:
+                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink()
+            cleared.append(f"{len(packs)} pack environment folder(s)")
+        stale = [n for n in self.services.names() if n not in SERVICE_ORDER]
+        for name in stale:
+            self.services.forget(name)
+        if stale:
+            cleared.append(f"run files of {len(stale)} stopped extra service(s)")
+        self._dirty_marker.unlink(missing_ok=True)
+        return cleared
+
     def up(self, health_timeout: float = 60) -> dict:
         t_all = time.monotonic()
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -103,10 +162,19 @@ class EmbeddedStack:
         mq, dt = self._step("rabbitmq", lambda: infra.ensure_rabbitmq(self.cfg, self.state_dir))
         self._progress(f"rabbitmq ready ({dt:.1f} s){'' if mq['started'] else ', already running'}")
         # leftovers of an earlier run that was not shut down (crashed pytest, Ctrl-C)
-        stale = [n for n in SERVICE_ORDER if self.services.is_running(n)]
+        stale = [n for n in self.services.names() if self.services.is_running(n)]
         if stale:
             self._progress(f"stopping services left running: {', '.join(stale)}")
             self.services.stop_all(grace=5)
+        if self._dirty_marker.exists():
+            # an earlier run ended without reset (crash, --keep-stack, `stack down`)
+            cleared, dt = self._step("reset", self.reset_data)
+            self._progress(f"data of an earlier run cleared ({dt:.1f} s): {', '.join(cleared)}")
+        # service logs describe one run (failure reports copy the slices they need)
+        for old_log in self.log_dir.glob("*.log"):
+            old_log.unlink(missing_ok=True)
+        self._dirty_marker.parent.mkdir(parents=True, exist_ok=True)
+        self._dirty_marker.write_text(f"{os.getpid()}\n")
         _, dt = self._step("bootstrap", self.bootstrap)
         self._progress(f"bootstrap done ({dt:.1f} s)")
         _, dt = self._step("start", self.services.start_all)
@@ -119,10 +187,14 @@ class EmbeddedStack:
                        f"logs {self.log_dir}")
         return self.info()
 
-    def down(self, stop_infra: bool = False, grace: float = 10) -> None:
+    def down(self, stop_infra: bool = False, grace: float = 10, reset: bool = False) -> None:
+        """Stop the services; with `reset`, then clear the run's data (`reset_data`)."""
         t0 = time.monotonic()
         self.services.stop_all(grace=grace)
         self._progress(f"services stopped ({time.monotonic() - t0:.1f} s)")
+        if reset:
+            cleared, dt = self._step("reset", self.reset_data)
+            self._progress(f"run data cleared ({dt:.1f} s): {', '.join(cleared)}")
         if stop_infra:
             stopped = infra.stop_infra(self.state_dir)
             self._progress(f"infrastructure stopped: {', '.join(stopped) or 'nothing we started'}")
@@ -136,12 +208,20 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tests.helpers.stack",
                                  description="Manage the embedded Attune stack by hand.")
     ap.add_argument("command", choices=["up", "down", "status"])
-    ap.add_argument("--config", default=str(REPO_ROOT / "config.e2e.yaml"))
-    ap.add_argument("--state-dir", default=str(REPO_ROOT / ".state"))
-    ap.add_argument("--reports-dir", default=str(REPO_ROOT / "reports"))
+    # the same defaults as the suite and the benchmark: ATTUNE_E2E_CONFIG / _STATE_DIR / _REPORTS_DIR
+    env = os.environ.get
+    ap.add_argument("--config", default=str(REPO_ROOT / env("ATTUNE_E2E_CONFIG", "config.e2e.yaml")),
+                    help="configuration file (default: $ATTUNE_E2E_CONFIG or config.e2e.yaml)")
+    ap.add_argument("--state-dir", default=str(REPO_ROOT / env("ATTUNE_E2E_STATE_DIR", ".state")),
+                    help="state folder (default: $ATTUNE_E2E_STATE_DIR or .state)")
+    ap.add_argument("--reports-dir", default=str(REPO_ROOT / env("ATTUNE_E2E_REPORTS_DIR", "reports")),
+                    help="reports folder (default: $ATTUNE_E2E_REPORTS_DIR or reports)")
     ap.add_argument("--pack", action="append", default=[], help="extra pack dir to register (up)")
     ap.add_argument("--stop-infra", action="store_true",
                     help="down: also stop PostgreSQL and RabbitMQ if this tool started them")
+    ap.add_argument("--reset", action="store_true",
+                    help="down: also clear the run's data (database rows, queues, execution "
+                         "logs, uploaded packs); the next `up` does this anyway")
     args = ap.parse_args(argv)
     stack = EmbeddedStack(args.config, args.state_dir, args.reports_dir, tuple(args.pack))
     try:
@@ -155,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"log       {name:<9} {path}")
             print("login     test@attune.local / TestPass123!")
         elif args.command == "down":
-            stack.down(stop_infra=args.stop_infra)
+            stack.down(stop_infra=args.stop_infra, reset=args.reset)
         else:
             print(json.dumps(stack.status(), indent=2, default=str))
     except StackError as exc:

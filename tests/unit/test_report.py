@@ -209,6 +209,7 @@ def test_plugin_writes_reports_in_a_real_run(tmp_path, workers):
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("ATTUNE_API_URL", None)
+    env.pop("ATTUNE_E2E_REPORTS_DIR", None)  # this run's reports go to tmp_path/reports
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "tests.helpers.report", "-p", "no:cacheprovider",
          "-n", workers, "-q", "tests/e2e"],

@@ -13,7 +13,7 @@ from tests.helpers.polling import wait_for_execution
 from tests.helpers.scenario import (Clock, chain_for_event, expect_rule_rejected, full_events,
                                     parse_ts, secs, utcnow, wait_timer_events, whole_second_after)
 
-pytestmark = [pytest.mark.tier1, pytest.mark.timer, pytest.mark.serial,
+pytestmark = [pytest.mark.tier1, pytest.mark.timer, pytest.mark.serial, pytest.mark.slow,
               pytest.mark.xdist_group("timers")]
 
 TOLERANCE = 0.5

@@ -85,3 +85,37 @@ def test_three_interval_timers_fire_independently_without_drift(admin, make):
                                   description=f"enforcements of event {e['id']}")
             assert enfs[0].get("rule") == rule["id"], (
                 f"event {e['id']}: enforcement for rule {enfs[0].get('rule')}, not {rule['id']}")
+
+
+@pytest.mark.needs_extension("timer_isolation")
+def test_changing_another_timer_rule_leaves_a_running_timer_alone(admin, make):
+    """T3.3 Multiple concurrent timers, isolation (extension `timer_isolation`; upstream restarts
+    every timer when any timer rule changes, behavior.md §15): while a 1 s rule fires, another
+    timer rule is created, disabled and enabled again; the running rule's execution_count keeps
+    counting up by one per fire (a restart would start it at 1 again) and every gap stays
+    1 +- 0.5 s, up to a fire at least 1.5 s after the last change."""
+    steady = make.timer_rule("core.intervaltimer", {"unit": "seconds", "interval": 1},
+                             "core.noop", slug="steady")
+    ref = steady["ref"]
+
+    def fires():
+        return sorted((e["payload"]["execution_count"], parse_ts(e["payload"]["fired_at"]))
+                      for e in full_events(admin, ref))
+
+    wait_until(lambda: len(fires()) >= 2, timeout=8, description=f"{ref} firing twice")
+    other = make.timer_rule("core.intervaltimer", {"unit": "seconds", "interval": 2},
+                            "core.noop", slug="other")
+    admin.disable_rule(other["ref"])
+    changed = admin.enable_rule(other["ref"])
+    last_change = parse_ts(changed["updated"])
+    wait_until(lambda: [f for f in fires() if f[1] >= last_change + timedelta(seconds=1.5)],
+               timeout=8, description=f"{ref} firing 1.5 s after the last change to {other['ref']}")
+
+    seen = fires()
+    counts = [count for count, _ in seen]
+    assert counts == list(range(1, len(seen) + 1)), \
+        f"{ref}: execution_count restarted or skipped while another rule changed: {counts}"
+    gaps = [(b - a).total_seconds() for (_, a), (_, b) in zip(seen, seen[1:])]
+    assert all(abs(gap - 1) <= TOLERANCE for gap in gaps), \
+        f"{ref}: a gap left 1 +- {TOLERANCE} s while another rule changed: " \
+        f"{[round(g, 3) for g in gaps]} (last change {iso_ms(last_change)})"
