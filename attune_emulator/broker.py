@@ -40,6 +40,7 @@ DLX = "attune.dlx"
 EXCHANGES = (EVENTS, EXECUTIONS, NOTIFICATIONS)
 
 _CONNECTION_ERRORS = (pika.exceptions.AMQPError, OSError)
+CONNECTION_ERRORS = _CONNECTION_ERRORS  # for services that talk to the broker directly
 # every message's properties (pika only reads them), made once
 _PERSISTENT_JSON = pika.BasicProperties(content_type="application/json", delivery_mode=2)
 
@@ -228,16 +229,30 @@ class Consumer(threading.Thread):
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
+    def _declare(self, channel) -> None:
+        declare_exchanges(channel)
+        channel.queue_declare(queue=self.queue, durable=self.durable, exclusive=self.exclusive,
+                              auto_delete=self.auto_delete, arguments=self.queue_arguments)
+        for exchange, key in self.bindings:
+            channel.queue_bind(queue=self.queue, exchange=exchange, routing_key=key)
+
+    def declare(self) -> None:
+        """Declare the queue and its bindings now, without consuming (durable queues only: an
+        exclusive one would die with this short connection). Raises on broker errors."""
+        if self.exclusive:
+            raise ValueError(f"{self.queue}: an exclusive queue cannot be declared ahead")
+        conn = pika.BlockingConnection(_params(self.url))
+        try:
+            self._declare(conn.channel())
+        finally:
+            conn.close()
+
     def _consume(self) -> None:
         conn = pika.BlockingConnection(_params(self.url))
         self._conn = conn
         try:
             channel = conn.channel()
-            declare_exchanges(channel)
-            channel.queue_declare(queue=self.queue, durable=self.durable, exclusive=self.exclusive,
-                                  auto_delete=self.auto_delete, arguments=self.queue_arguments)
-            for exchange, key in self.bindings:
-                channel.queue_bind(queue=self.queue, exchange=exchange, routing_key=key)
+            self._declare(channel)
             channel.basic_qos(prefetch_count=self.prefetch)
             batch: list[tuple[int, str, dict]] = []
 

@@ -872,18 +872,43 @@ class WorkerService:
                             self.on_pack_deleted, prefetch=1, durable=False, exclusive=True,
                             name=f"worker-{wid}-pack-events"),
         ]
+        # Registered `inactive` until its dispatch queue exists (the scheduler must not pick it
+        # before: a message published to the topic exchange would be dropped), and `active`
+        # before it consumes: work already queued for a restarted worker starts at once, and
+        # the monitor abandons running work of an `inactive` worker.
+        declared = self._declare_durable_queues()
+        if declared:
+            self._activate()
         for consumer in self.consumers:
             consumer.start()
         for consumer in self.consumers:
             if not consumer.ready.wait(timeout=30):
                 log.warning("consumer %s not ready after 30s", consumer.queue)
-        # Registered `inactive` until now: the scheduler must not pick this worker before its
-        # dispatch queue exists, or a message published to the topic exchange would be dropped.
-        self.db.execute("UPDATE worker SET status = 'active', last_heartbeat = now() WHERE id = %s",
-                        (wid,))
-        threading.Thread(target=self.heartbeat_loop, name="heartbeat", daemon=True).start()
+        if not declared:
+            self._activate()
         log.info("worker %r (id %s) consuming worker.%s.executions and worker.%s.cancel",
                  self.name, wid, wid, wid)
+
+    def _declare_durable_queues(self, timeout: float = 30) -> bool:
+        """Declare the worker's durable queues ahead of consuming; False when the broker did not
+        answer within `timeout` (the consumers then declare them when it does)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                for consumer in self.consumers:
+                    if not consumer.exclusive:
+                        consumer.declare()
+                return True
+            except broker.CONNECTION_ERRORS as exc:
+                if time.monotonic() >= deadline or self.stop_event.is_set():
+                    log.warning("could not declare the worker's queues ahead (%s)", exc)
+                    return False
+                time.sleep(0.3)
+
+    def _activate(self) -> None:
+        self.db.execute("UPDATE worker SET status = 'active', last_heartbeat = now() WHERE id = %s",
+                        (self.worker_id,))
+        threading.Thread(target=self.heartbeat_loop, name="heartbeat", daemon=True).start()
 
     def sweep_deleted_pack_envs(self) -> None:
         """Drop the environments of packs that no longer exist (deleted while this worker was

@@ -5,13 +5,15 @@
 
 Each run is `./run_e2e_tests.sh [PYTEST ARGS]` from the repository root, timed from the command's
 start (cold stack included). After each run its `reports/tier_report.json` is kept as
-`reports/repeat/run-<k>.json`; the summary is printed and written to `reports/repeat/summary.txt`.
+`reports/repeat/run-<k>.json` and its failure folders as `reports/repeat/run-<k>-failures/`; the
+summary is printed and written to `reports/repeat/summary.txt`.
 Exit status: 0 when every run passed, 1 otherwise.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -59,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="how many runs (default 3)")
     parser.add_argument("pytest_args", nargs="*", help="arguments for run_e2e_tests.sh (after --)")
     args = parser.parse_args(argv)
-    out = ROOT / "reports" / "repeat"
+    reports_root = ROOT / os.environ.get("ATTUNE_E2E_REPORTS_DIR", "reports")
+    out = reports_root / "repeat"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     walls: list[float] = []
@@ -67,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     codes: list[int] = []
     for k in range(1, args.runs + 1):
         print(f"== run {k}/{args.runs}: ./run_e2e_tests.sh {' '.join(args.pytest_args)}", flush=True)
-        report_file = ROOT / "reports" / "tier_report.json"
+        report_file = reports_root / "tier_report.json"
         report_file.unlink(missing_ok=True)
         started = time.monotonic()
         code = subprocess.call(["./run_e2e_tests.sh", *args.pytest_args], cwd=ROOT)
@@ -77,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         report = json.loads(report_file.read_text()) if report_file.exists() else None
         if report is not None:
             shutil.copy(report_file, out / f"run-{k}.json")
+        # the next run clears reports/failures: keep this run's timelines and log slices
+        failures = reports_root / "failures"
+        if failures.is_dir() and any(failures.iterdir()):
+            shutil.copytree(failures, out / f"run-{k}-failures")
         reports.append(report)
         print(f"== run {k}: exit {code}, wall {wall:.1f} s", flush=True)
     text = summarise(walls, reports, codes)
