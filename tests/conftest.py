@@ -21,7 +21,7 @@ import pytest
 
 from tests.helpers import report as report_plugin
 from tests.helpers.cleanup import CleanupStack
-from tests.helpers.client import ApiError, AttuneClient
+from tests.helpers.client import AttuneClient
 from tests.helpers.notifier import NotifierListener
 from tests.helpers.packs import build_pack_archive
 from tests.helpers.sse import ExecutionStream

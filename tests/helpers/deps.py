@@ -18,12 +18,13 @@ from __future__ import annotations
 import logging
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Iterable
 
 from tests.helpers.client import ApiError, AttuneClient
 from tests.helpers.packs import build_pack_archive
 from tests.helpers.polling import TERMINAL, wait_for_execution
-from tests.helpers.scenario import all_items, parse_ts, secs
+from tests.helpers.scenario import all_items, parse_ts, secs, utcnow
 
 log = logging.getLogger("attune-e2e")
 
@@ -59,6 +60,23 @@ class FixturePack:
                 log.warning("cleanup: delete pack %s failed: %s", self.ref, exc)
         except Exception as exc:  # cleanup never masks the test outcome; it is logged
             log.warning("cleanup: delete pack %s failed: %s", self.ref, exc)
+
+
+def first_run(client: AttuneClient, name: str, action: str) -> SimpleNamespace:
+    """Upload fixture pack `name` and run its `action` once (any terminal status: the tests
+    assert on it). Returns {pack, ref, before_upload, first}; the caller deletes the pack."""
+    before_upload = utcnow()
+    pack = FixturePack(client, name)
+    first = run_to_terminal(client, pack.action(action), {}, timeout=INSTALL_DEADLINE)
+    return SimpleNamespace(pack=pack, ref=pack.ref, before_upload=before_upload, first=first)
+
+
+def completed_data(execution: dict) -> dict:
+    """`result.data` of an execution that must have completed."""
+    assert execution["status"] == "completed", \
+        f"expected {execution.get('action_ref')} to complete, got `{execution['status']}`: " \
+        f"{execution.get('result')}"
+    return execution["result"]["data"]
 
 
 def run_to_end(client: AttuneClient, action_ref: str, parameters: dict | None = None, *,
@@ -125,6 +143,7 @@ def worker_runtimes(client: AttuneClient) -> set[str]:
     return found
 
 
-__all__ = ["FixturePack", "assert_second_run_reused", "run_to_end", "run_to_terminal",
+__all__ = ["FixturePack", "assert_second_run_reused", "completed_data", "first_run", "run_to_end",
+           "run_to_terminal",
            "wall_seconds", "worker_runtimes",
            "INSTALL_DEADLINE", "WARM_DEADLINE", "INSTALL_TEST_TIMEOUT", "FIXTURE_PACKS"]

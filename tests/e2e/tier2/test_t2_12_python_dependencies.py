@@ -15,13 +15,13 @@ environment (a cold PyPI download on a 2-core machine takes 10-30 s, ~3-5 s with
 cache), 20 s for a run on a built environment.
 """
 import hashlib
-from types import SimpleNamespace
 
 import pytest
 
 from tests.helpers.deps import (FIXTURE_PACKS, INSTALL_DEADLINE, INSTALL_TEST_TIMEOUT,
-                                FixturePack, assert_second_run_reused, run_to_end, run_to_terminal)
-from tests.helpers.scenario import parse_ts, utcnow
+                                FixturePack, assert_second_run_reused, completed_data, first_run,
+                                run_to_end, run_to_terminal)
+from tests.helpers.scenario import parse_ts
 
 pytestmark = [pytest.mark.tier2, pytest.mark.runner, pytest.mark.packs, pytest.mark.python,
               pytest.mark.xdist_group("t2_12_pydeps"), pytest.mark.timeout(INSTALL_TEST_TIMEOUT)]
@@ -37,17 +37,9 @@ CLOCK_SLACK = 1.0
 def pydeps(admin):
     """e2e_pydeps uploaded once, plus its first `http_get` execution (any terminal status; the
     tests assert on it)."""
-    before_upload = utcnow()
-    pack = FixturePack(admin, "e2e_pydeps")
-    first = run_to_terminal(admin, pack.action("http_get"), {}, timeout=INSTALL_DEADLINE)
-    yield SimpleNamespace(pack=pack, ref=pack.ref, before_upload=before_upload, first=first)
-    pack.delete()
-
-
-def _completed(execution: dict) -> dict:
-    assert execution["status"] == "completed", \
-        f"expected http_get to complete, got `{execution['status']}`: {execution.get('result')}"
-    return execution["result"]["data"]
+    deps = first_run(admin, "e2e_pydeps", "http_get")
+    yield deps
+    deps.pack.delete()
 
 
 def test_first_run_imports_requests_from_the_pack_venv(pydeps, target):
@@ -57,7 +49,7 @@ def test_first_run_imports_requests_from_the_pack_venv(pydeps, target):
     /health returns 200 `{"status": "ok"}`, the marker `.attune_deps_installed` holds the SHA-256 of
     requirements.txt, and the venv was created after the upload and before that run ended (on the
     embedded worker: during that run, i.e. lazily on first use)."""
-    data = _completed(pydeps.first)
+    data = completed_data(pydeps.first)
     assert data["version"] == "2.28.0", f"expected requests 2.28.0 (the pin), got {data['version']!r}"
     assert (data["status_code"], data["body"]) == (200, {"status": "ok"}), \
         f"expected GET /health -> 200 {{'status': 'ok'}}, got {data['status_code']} {data['body']!r}"
@@ -92,9 +84,9 @@ def test_second_run_reuses_the_venv_without_reinstalling(admin, pydeps):
     sys.prefix, the same pyvenv.cfg mtime and the same marker file (content and mtime), so the venv
     was neither rebuilt nor reinstalled; it also spends less than half the first run's time in
     `running` (the first one included the install)."""
-    first = _completed(pydeps.first)
+    first = completed_data(pydeps.first)
     second_ex = run_to_end(admin, pydeps.pack.action("http_get"), {})
-    second = _completed(second_ex)
+    second = completed_data(second_ex)
 
     assert (second["version"], second["status_code"]) == ("2.28.0", 200), f"second run: {second}"
     assert second["prefix"] == first["prefix"], \
@@ -116,7 +108,7 @@ def test_sibling_action_shares_the_venv_and_a_missing_module_fails(admin, pydeps
     (importing `requests` works and resolves inside the pack's prefix), and importing `yaml`, which
     requirements.txt does not declare, fails the execution with exit code 1 and
     `ModuleNotFoundError: No module named 'yaml'` as result.error."""
-    prefix = _completed(pydeps.first)["prefix"]
+    prefix = completed_data(pydeps.first)["prefix"]
     ok = run_to_end(admin, pydeps.pack.action("import_missing"), {"module": "requests"})
     data = ok["result"]["data"]
     assert data["imported"] == "requests" and data["file"].startswith(prefix + "/"), \

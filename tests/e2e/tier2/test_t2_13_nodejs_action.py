@@ -11,14 +11,11 @@ Deadlines (tests/helpers/deps.py): 240 s for the run that installs (a cold npm d
 """
 import hashlib
 import shutil
-from types import SimpleNamespace
 
 import pytest
 
-from tests.helpers.deps import (FIXTURE_PACKS, INSTALL_DEADLINE, INSTALL_TEST_TIMEOUT, FixturePack,
-                                assert_second_run_reused, run_to_end, run_to_terminal,
-                                worker_runtimes)
-from tests.helpers.scenario import utcnow
+from tests.helpers.deps import (FIXTURE_PACKS, INSTALL_TEST_TIMEOUT, assert_second_run_reused,
+                                completed_data, first_run, run_to_end, worker_runtimes)
 
 pytestmark = [pytest.mark.tier2, pytest.mark.runner, pytest.mark.packs, pytest.mark.nodejs,
               pytest.mark.xdist_group("t2_13_nodedeps"), pytest.mark.timeout(INSTALL_TEST_TIMEOUT)]
@@ -36,17 +33,9 @@ def nodedeps(admin, target):
         assert not (target.embedded and shutil.which("node")), \
             "node is installed but the embedded worker does not advertise the node runtime"
         pytest.skip("no active worker advertises the node runtime (GET /api/v1/workers)")
-    before_upload = utcnow()
-    pack = FixturePack(admin, "e2e_nodedeps")
-    first = run_to_terminal(admin, pack.action("axios_get"), {}, timeout=INSTALL_DEADLINE)
-    yield SimpleNamespace(pack=pack, ref=pack.ref, first=first, before_upload=before_upload)
-    pack.delete()
-
-
-def _completed(execution: dict) -> dict:
-    assert execution["status"] == "completed", \
-        f"expected axios_get to complete, got `{execution['status']}`: {execution.get('result')}"
-    return execution["result"]["data"]
+    deps = first_run(admin, "e2e_nodedeps", "axios_get")
+    yield deps
+    deps.pack.delete()
 
 
 def test_axios_from_pack_node_modules_with_awaited_get(nodedeps):
@@ -55,7 +44,7 @@ def test_axios_from_pack_node_modules_with_awaited_get(nodedeps):
     axios is a 1.x release resolved from NODE_PATH, which is
     `<runtime_envs_dir>/<pack ref>/node.js/node_modules` (upstream's runtime-name folder); the
     install marker `.attune_deps_installed` next to it holds the SHA-256 of package.json."""
-    data = _completed(nodedeps.first)
+    data = completed_data(nodedeps.first)
     assert (data["status"], data["body"]) == (200, {"status": "ok"}), \
         f"expected the awaited GET /health -> 200 {{'status': 'ok'}}, got {data['status']} {data['body']!r}"
     assert data["awaited"] == "timer-resolved", \
@@ -79,9 +68,9 @@ def test_second_run_reuses_node_modules_without_reinstalling(admin, nodedeps):
     first run, the second spends less than half the first run's time in `running`; when the
     install predates the upload (the embedded worker reuses node_modules it built for the same
     package.json in an earlier session), both runs are warm."""
-    first = _completed(nodedeps.first)
+    first = completed_data(nodedeps.first)
     second_ex = run_to_end(admin, nodedeps.pack.action("axios_get"), {})
-    second = _completed(second_ex)
+    second = completed_data(second_ex)
 
     assert (second["status"], second["axios_version"]) == (200, first["axios_version"]), \
         f"second run: {second}"
@@ -99,7 +88,7 @@ def test_runtime_errors_in_async_code_fail_the_execution(admin, nodedeps, uid):
     inside the async function both end `failed` with exit code 1, and result.error carries the
     error as the action reported it (`Error: boom-<uid>`, `TypeError: Cannot read properties of
     null ...`)."""
-    _completed(nodedeps.first)
+    completed_data(nodedeps.first)
     action = nodedeps.pack.action("axios_get")
 
     thrown = run_to_end(admin, action, {"mode": "throw", "message": f"boom-{uid}"}, status="failed")
