@@ -206,7 +206,8 @@ def _materialize(entry: Path, env_dir: Path, digest: str, fresh: tuple[str, ...]
     os.rename(tmp, env_dir)
 
 
-def _prepare(env_dir: Path, pack_ref: str, digest: str, manifest: str) -> None:
+def _drop_outdated(env_dir: Path, pack_ref: str, digest: str, manifest: str) -> None:
+    """Remove a pack environment made from an earlier manifest (caller holds its lock)."""
     if env_dir.exists():
         log.info("pack %s: %s changed (sha256 %s); replacing %s", pack_ref, manifest,
                  digest[:12], env_dir)
@@ -228,7 +229,7 @@ def ensure_python_env(runtime_envs_dir: str, pack_ref: str, pack_dir: Path,
     with env_lock(env_dir):
         if _marker_matches(env_dir, digest) and python.exists():
             return python
-        _prepare(env_dir, pack_ref, digest, "requirements.txt")
+        _drop_outdated(env_dir, pack_ref, digest, "requirements.txt")
         identity = _identity([base_python, "-c", "import sys; print(sys.version)"])
         entry = store_dir(runtime_envs_dir, "python", digest, identity)
 
@@ -271,7 +272,7 @@ def ensure_node_env(runtime_envs_dir: str, pack_ref: str, pack_dir: Path, npm: s
     with env_lock(env_dir):
         if _marker_matches(env_dir, digest) and modules.is_dir():
             return modules
-        _prepare(env_dir, pack_ref, digest, "package.json")
+        _drop_outdated(env_dir, pack_ref, digest, "package.json")
         lock_file = pack_dir / "package-lock.json"
         lock_digest = manifest_hash(lock_file) if lock_file.is_file() else "-"
         identity = _identity([npm, "--version"]) + " " + _identity(["node", "--version"])

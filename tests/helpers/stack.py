@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -108,6 +109,23 @@ class EmbeddedStack:
         path = Path(value).resolve()
         return path if path.is_relative_to(self.state_dir) else None
 
+    def _empty(self, key: str, keep=lambda child: False) -> int | None:
+        """Remove the entries of the configured directory `key` (if ours, see `_owned_dir`) that
+        `keep` does not spare; how many, or None when the directory is not ours or absent."""
+        folder = self._owned_dir(key)
+        if folder is None or not folder.is_dir():
+            return None
+        removed = 0
+        for child in folder.iterdir():
+            if keep(child):
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
     def reset_data(self) -> list[str]:
         """Remove what a run leaves behind that no later run reuses: the database schema's rows
         (dropped; the next bootstrap creates it again), the broker's queues, execution logs,
@@ -116,8 +134,6 @@ class EmbeddedStack:
         caches under `<runtime_envs_dir>/.store` and `.cache`. Only servers this helper started
         (infra.json) and folders inside the state folder are touched; services must be stopped.
         Returns what was cleared."""
-        import shutil
-
         running = [n for n in self.services.names() if self.services.is_running(n)]
         if running:
             raise StackError(f"reset_data: services still running: {', '.join(running)}")
@@ -131,20 +147,13 @@ class EmbeddedStack:
             deleted = infra.delete_queues(self.state_dir, self.cfg.amqp_url)
             cleared.append(f"{deleted} broker queue(s)")
         for key in ("artifacts_dir", "packs_base_dir"):
-            folder = self._owned_dir(key)
-            if folder is not None and folder.is_dir():
-                for child in folder.iterdir():
-                    if child.is_dir() and not child.is_symlink():
-                        shutil.rmtree(child, ignore_errors=True)
-                    else:
-                        child.unlink(missing_ok=True)
-                cleared.append(str(folder))
-        envs_dir = self._owned_dir("runtime_envs_dir")
-        if envs_dir is not None and envs_dir.is_dir():
-            packs = [c for c in envs_dir.iterdir() if not c.name.startswith(".")]
-            for child in packs:
-                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink()
-            cleared.append(f"{len(packs)} pack environment folder(s)")
+            removed = self._empty(key)
+            if removed is not None:
+                cleared.append(f"{removed} entries of {key}")
+        # pack refs never start with a dot: `.store` and `.cache` stay
+        removed = self._empty("runtime_envs_dir", keep=lambda child: child.name.startswith("."))
+        if removed is not None:
+            cleared.append(f"{removed} pack environment folder(s)")
         stale = [n for n in self.services.names() if n not in SERVICE_ORDER]
         for name in stale:
             self.services.forget(name)
