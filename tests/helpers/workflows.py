@@ -5,7 +5,7 @@
 - a workflow's children: `children` (full executions, `GET /executions?parent=`, oldest first),
   `by_task` (grouped by `workflow_task.task_name`), `only_task` (the single child of a task),
   `descendants` (the whole tree below an execution);
-- timings: `run_window` (`[started_at, updated)` of a terminal execution), `elapsed`
+- timings: `run_window` (`[started_at, started_at + duration_ms)` of a terminal execution), `elapsed`
   (`updated - created` of a workflow parent); overlaps use `scenario.max_overlap`.
 
 Every listing here is meant to be called after the parent is terminal (P3), when the set of
@@ -14,9 +14,10 @@ children can no longer change.
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 from typing import Any
 
-from tests.helpers.scenario import all_items, secs
+from tests.helpers.scenario import all_items, parse_ts, secs
 
 
 # ------------------------------------------------------------------ ad-hoc task actions
@@ -114,10 +115,22 @@ def lineage(execution: dict) -> tuple:
 
 
 # ------------------------------------------------------------------ timings
-def run_window(execution: dict) -> tuple[str, str]:
-    """`[started_at, updated)` of a terminal execution (its run window)."""
-    assert execution.get("started_at"), f"execution {execution.get('id')} has no started_at: {execution}"
-    return execution["started_at"], execution["updated"]
+def run_window(execution: dict) -> tuple[datetime, datetime]:
+    """`[started_at, started_at + result.duration_ms)` of a terminal execution: the span its action
+    process ran, by the worker's own clock.
+
+    `updated` is not the end of the run: the executor writes `workflow_task.completed_at` on a
+    workflow child when it processes the completion, which can be after the next with_items item
+    was released by another child's completion. `duration_ms` is measured from after the
+    `running` write to the process's exit, so the window never extends past the moment the slot
+    was freed."""
+    eid = execution.get("id")
+    assert execution.get("started_at"), f"execution {eid} has no started_at: {execution}"
+    duration = (execution.get("result") or {}).get("duration_ms")
+    assert isinstance(duration, int) and duration >= 0, \
+        f"execution {eid} has no result.duration_ms to end its run window: {execution.get('result')}"
+    start = parse_ts(execution["started_at"])
+    return start, start + timedelta(milliseconds=duration)
 
 
 def elapsed(execution: dict) -> float:

@@ -22,14 +22,20 @@ def test_by_task_groups_and_orders_by_index_then_id():
     assert lineage(_ex(9, "b", status="failed", parent=7)) == ("failed", 7, "b")
 
 
-def test_windows_and_elapsed():
-    a = _ex(1, "x", started_at="2026-01-01T00:00:00Z", updated="2026-01-01T00:00:02Z",
-            created="2025-12-31T23:59:59.5Z")
-    b = _ex(2, "x", started_at="2026-01-01T00:00:02Z", updated="2026-01-01T00:00:04Z")
+def test_windows_end_with_the_process_not_with_updated():
+    # b's `updated` was bumped later (the executor's completion bookkeeping); its run ended at 2 s
+    a = _ex(1, "x", started_at="2026-01-01T00:00:00Z", updated="2026-01-01T00:00:02.5Z",
+            created="2025-12-31T23:59:59.5Z", result={"duration_ms": 2000})
+    b = _ex(2, "x", started_at="2026-01-01T00:00:02Z", updated="2026-01-01T00:00:04Z",
+            result={"duration_ms": 1500})
     assert max_overlap([run_window(a), run_window(b)]) == 1  # touching windows do not overlap
-    assert elapsed(a) == pytest.approx(2.5)
+    assert [w.isoformat() for w in run_window(b)] == ["2026-01-01T00:00:02+00:00",
+                                                     "2026-01-01T00:00:03.500000+00:00"]
+    assert elapsed(a) == pytest.approx(3.0)
     with pytest.raises(AssertionError, match="no started_at"):
         run_window(_ex(3, "x", updated="2026-01-01T00:00:04Z"))
+    with pytest.raises(AssertionError, match="no result.duration_ms"):
+        run_window(_ex(4, "x", started_at="2026-01-01T00:00:02Z", result={"succeeded": True}))
 
 
 def test_task_builders_and_step_script():

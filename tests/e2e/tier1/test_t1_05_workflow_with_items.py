@@ -9,6 +9,7 @@ import pytest
 from tests.helpers.polling import TERMINAL, wait_for_execution
 from tests.helpers.scenario import (all_items, chain_for_event, first_index, max_overlap,
                                     stream_exec_id, total)
+from tests.helpers.workflows import run_window
 
 pytestmark = [pytest.mark.tier1, pytest.mark.workflow, pytest.mark.webhook]
 
@@ -58,7 +59,7 @@ def test_with_items_runs_one_child_per_item_in_parallel(admin, make, uid, e2e_pa
             ("completed", {"item": item}, item), f"child {index} ({item}): {child}"
         assert (child["parent"], child["enforcement"], child["action_ref"]) == \
             (parent["id"], parent["enforcement"], item_action["ref"]), f"child {index} lineage: {child}"
-    overlap = max_overlap((c["started_at"], c["updated"]) for c in children)
+    overlap = max_overlap(run_window(c) for c in children)
     assert overlap == 3, f"expected all 3 children to run at once (concurrency 3), max overlap was {overlap}"
 
     # P6: the stream delivers each execution's changes in commit order

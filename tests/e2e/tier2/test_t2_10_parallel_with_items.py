@@ -3,8 +3,11 @@
 Upstream idiom: `with_items: "{{ parameters.items }}"` + `concurrency`; every item's child is
 created up front but only `concurrency` run at once (the default is 1; "unlimited" cannot be
 written, so it is concurrency = the number of items). Concurrency is proven by the maximum overlap
-of the children's `[started_at, updated)` windows, and the limit by that overlap being exactly the
-concurrency and by the parent's wall time. The plan's 5 s sleep is scaled to 2 s.
+of the children's run windows, `[started_at, started_at + result.duration_ms)` (scenarios.md says
+`[started_at, updated)`, but the executor's completion bookkeeping bumps a child's `updated` after
+the next item may already have been released, so `updated` over-counts; see
+`workflows.run_window`), and the limit by that overlap being exactly the concurrency and by the
+parent's wall time. The plan's 5 s sleep is scaled to 2 s.
 
 The three cases share one xdist group: run side by side they would ask 9 of the worker's 10 slots
 at once, and a saturated worker would make the measured overlap depend on other tests.
@@ -64,7 +67,8 @@ def test_with_items_overlap_is_limited_by_concurrency(admin, make, uid, e2e_pack
     overlap = max_overlap(windows)
     assert overlap == concurrency, (
         f"expected a maximum overlap of exactly {concurrency} (concurrency {concurrency}, "
-        f"{n_items} items), got {overlap}; windows: {windows}")
+        f"{n_items} items), got {overlap}; windows: "
+        f"{[(start.isoformat(), end.isoformat()) for start, end in windows]}")
     took = elapsed(parent)
     assert took >= min_elapsed, f"the workflow took {took:.2f} s, expected >= {min_elapsed} s"
     if max_elapsed is not None:

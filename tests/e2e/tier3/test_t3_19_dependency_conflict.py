@@ -16,6 +16,7 @@ from tests.helpers.deps import INSTALL_DEADLINE, INSTALL_TEST_TIMEOUT, WARM_DEAD
 from tests.helpers.pack_versions import delete_quietly, process_windows_overlap, upload
 from tests.helpers.polling import wait_for_execution
 from tests.helpers.scenario import max_overlap
+from tests.helpers.workflows import run_window
 
 pytestmark = [pytest.mark.tier3, pytest.mark.runner, pytest.mark.packs, pytest.mark.python,
               pytest.mark.slow, pytest.mark.timeout(INSTALL_TEST_TIMEOUT)]
@@ -108,6 +109,6 @@ def test_conflicting_pins_stay_isolated_sequentially_and_concurrently(admin, dep
             f"round {round_no}: expected the two processes to run at the same time: A " \
             f"[{a['started']:.3f}, {a['finished']:.3f}], B [{b['started']:.3f}, " \
             f"{b['finished']:.3f}]"
-        windows = [(ex["started_at"], ex["updated"]) for ex in done.values()]
+        windows = [run_window(ex) for ex in done.values()]
         assert max_overlap(windows) == 2, \
             f"round {round_no}: expected the executions' running windows to intersect: {windows}"
