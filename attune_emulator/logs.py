@@ -22,6 +22,12 @@ class _UTCFormatter(logging.Formatter):
 
 
 def setup_logging(service: str, cfg=None) -> None:
+    # The format uses none of the caller, thread or process fields: do not collect them (the
+    # logging module's documented optimisation flags; findCaller walks the stack per record).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     level = _LEVELS.get(str(cfg.get("log.level", "info")).lower(), logging.INFO) if cfg else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_UTCFormatter(f"%(asctime)s %(levelname)-5s {service} %(name)s: %(message)s"))

@@ -28,6 +28,7 @@ Pack refs never start with a dot, so `.versions` cannot collide with a pack's fo
 from __future__ import annotations
 
 import fcntl
+import functools
 import logging
 import os
 import shutil
@@ -157,12 +158,19 @@ class Pin:
             log.warning("pack %s: cleanup of superseded versions failed: %s", self._ref, exc)
 
 
+@functools.lru_cache(maxsize=8)
+def _versions_dir(base: str) -> Path:
+    """`<realpath of base>/.versions` (resolved once per base: `pin` runs for every execution)."""
+    return Path(os.path.realpath(base)) / VERSIONS_DIR
+
+
 def pin(pack_dir: Path, base: Path | None, attempts: int = 5) -> Pin:
     """Resolve `pack_dir` to its current version directory and hold it until `release()`."""
     pack_dir = Path(pack_dir)
+    versions = None if base is None else _versions_dir(str(base))
     for _ in range(attempts):
         resolved = Path(os.path.realpath(pack_dir))
-        if base is None or resolved.parent.parent != Path(os.path.realpath(base)) / VERSIONS_DIR:
+        if versions is None or resolved.parent.parent != versions:
             return Pin(resolved if resolved.is_dir() else pack_dir)
         fh = open(_lock_path(resolved), "a+")
         fcntl.flock(fh.fileno(), fcntl.LOCK_SH)

@@ -5,12 +5,20 @@ not terminal), and whether the backlog drains afterwards.
 
 Completion instants are the `updated` field of the execution's `completed` notification (the
 row's own timestamp), counted inside each window.
+
+The benchmark shares the machine's cores with the stack, so its senders are lean: one keep-alive
+`http.client` connection per sender thread and a body encoded once (`requests` costs several
+times more CPU per call). The client's own CPU per level is reported beside the services'.
 """
 from __future__ import annotations
 
+import http.client
+import json
+import resource
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 
 from bench.context import Bench, QueueSampler, executor_and_worker_queues, say
 from bench.report import parse_ts
@@ -40,6 +48,54 @@ class Tracker:
         return self.terminal
 
 
+class Sender:
+    """`POST /api/v1/executions/execute` of one action over a keep-alive connection."""
+
+    PATH = "/api/v1/executions/execute"
+
+    def __init__(self, api_url: str, token: str, action_ref: str, timeout: float = 15):
+        parts = urlsplit(api_url)
+        self._conn_args = (parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+        self._https = parts.scheme == "https"
+        self._prefix = parts.path.rstrip("/")
+        self._timeout = timeout
+        self._body = json.dumps({"action_ref": action_ref, "parameters": {}}).encode()
+        self._headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json",
+                         "Accept": "application/json"}
+        self._conn: http.client.HTTPConnection | None = None
+
+    def execute(self) -> int:
+        """The new execution's id; raises on a transport error or a non-2xx answer."""
+        for attempt in (1, 2):  # a keep-alive connection the server closed is reopened once
+            if self._conn is None:
+                cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+                self._conn = cls(*self._conn_args, timeout=self._timeout)
+            try:
+                self._conn.request("POST", self._prefix + self.PATH, self._body, self._headers)
+                resp = self._conn.getresponse()
+                data = resp.read()
+            except (http.client.HTTPException, OSError):
+                self._conn.close()
+                self._conn = None
+                if attempt == 2:
+                    raise
+                continue
+            if resp.status // 100 != 2:
+                raise RuntimeError(f"HTTP {resp.status}: {data[:200]!r}")
+            return int(json.loads(data)["data"]["id"])
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process (all its threads: senders and the notifier listener)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _send_level(bench: Bench, action_ref: str, rate: float, seconds: float, senders: int,
                 sent: list, errors: list) -> tuple[float, float, int]:
     """Offer `rate` executions/s for `seconds`; returns (start, end, number sent)."""
@@ -49,21 +105,24 @@ def _send_level(bench: Bench, action_ref: str, rate: float, seconds: float, send
     lock = threading.Lock()
 
     def sender(slots):
-        c = bench.client()
-        for k in slots:
-            due = start + k / rate
-            delay = due - time.time()
-            if delay > 0:
-                time.sleep(delay)
-            elif delay < -seconds:   # hopelessly behind: the client is the bottleneck
-                return
-            try:
-                ex = c.execute(action_ref)
-                with lock:
-                    sent.append((ex["id"], time.time()))
-            except Exception as exc:  # counted, never fatal
-                with lock:
-                    errors.append(f"{type(exc).__name__}: {str(exc)[:200]}")
+        c = Sender(bench.target.api_url, bench.admin.token, action_ref)
+        try:
+            for k in slots:
+                due = start + k / rate
+                delay = due - time.time()
+                if delay > 0:
+                    time.sleep(delay)
+                elif delay < -seconds:   # hopelessly behind: the client is the bottleneck
+                    return
+                try:
+                    eid = c.execute()
+                    with lock:
+                        sent.append((eid, time.time()))
+                except Exception as exc:  # counted, never fatal
+                    with lock:
+                        errors.append(f"{type(exc).__name__}: {str(exc)[:200]}")
+        finally:
+            c.close()
 
     with ThreadPoolExecutor(max_workers=senders) as pool:
         list(pool.map(sender, per))
@@ -87,7 +146,9 @@ def run(bench: Bench, levels=(25, 50, 100, 150), seconds: float = 6.0, senders: 
     for rate in levels:
         say(f"throughput: offering {rate}/s for {seconds:.0f} s ...")
         base_sent = len(sent)
+        cpu0 = _cpu_seconds()
         w0, w1, planned = _send_level(bench, action["ref"], rate, seconds, senders, sent, errors)
+        client_cpu = _cpu_seconds() - cpu0
         time.sleep(0.5)  # completions of the window's tail reach the listener
         term = tracker.poll()
         in_window = [t for (_s, t) in term.values() if w0 <= t <= w1]
@@ -101,12 +162,15 @@ def run(bench: Bench, levels=(25, 50, 100, 150), seconds: float = 6.0, senders: 
                "sent_per_s": round(n_sent / window, 1) if window else None,
                "completed_per_s": round(len(completed_ok) / window, 1) if window else None,
                "terminal_per_s": round(len(in_window) / window, 1) if window else None,
-               "outstanding_after": outstanding, "queue_depth_after": qdepth}
+               "outstanding_after": outstanding, "queue_depth_after": qdepth,
+               "client_cpu_s": round(client_cpu, 2),
+               "client_cpu_ms_per_sent": round(1000 * client_cpu / n_sent, 2) if n_sent else None}
         row["backlog"] = bool(outstanding > max(20, rate * 1.0)
                               or (row["completed_per_s"] or 0) < 0.8 * (row["sent_per_s"] or 0))
         results.append(row)
         say(f"throughput: offered {rate}/s, sent {row['sent_per_s']}/s, completed "
-            f"{row['completed_per_s']}/s, outstanding {outstanding}, queue depth {qdepth}")
+            f"{row['completed_per_s']}/s, outstanding {outstanding}, queue depth {qdepth}; client CPU "
+            f"{row['client_cpu_ms_per_sent']} ms per execution sent")
         if row["backlog"]:
             backlog_at = rate
             break

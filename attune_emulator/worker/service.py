@@ -266,8 +266,8 @@ class WorkerService:
                          row["status"] if row else "missing")
                 return
             hints = {k: execution.pop(k) for k in list(execution) if k.startswith("_hint_")}
-            log.info("execution %s: claimed (%s), status running", execution_id,
-                     execution["action_ref"])
+            log.debug("execution %s: claimed (%s), status running", execution_id,
+                      execution["action_ref"])
             self._execute(execution, control, hints)
         finally:
             with self.controls_lock:
@@ -358,9 +358,9 @@ class WorkerService:
             exec_dir = execution_log_dir(self.artifacts_dir, execution_id, execution["started_at"])
             exec_dir.mkdir(parents=True, exist_ok=True)
             stdout_log, stderr_log = exec_dir / "stdout.log", exec_dir / "stderr.log"
-            log.info("execution %s: running %s (runtime %s, delivery %s/%s, timeout %ss)",
-                     execution_id, plan["describe"], plan["runtime"], plan["delivery"],
-                     plan["format"], plan["timeout"])
+            log.info("execution %s: claimed (%s), running %s (runtime %s, delivery %s/%s, "
+                     "timeout %ss)", execution_id, execution["action_ref"], plan["describe"],
+                     plan["runtime"], plan["delivery"], plan["format"], plan["timeout"])
             try:
                 outcome = run_process(plan["argv"], cwd=plan["cwd"], env=plan["env"],
                                       stdin_data=plan["stdin"], timeout_seconds=plan["timeout"],
