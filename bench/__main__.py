@@ -42,8 +42,8 @@ def _parse(argv):
     ap.add_argument("--concurrency", type=int, default=8, help="API latency clients (default 8)")
     ap.add_argument("--api-seconds", type=float, default=8.0)
     ap.add_argument("--webhooks", type=int, default=30, help="pipeline samples (default 30)")
-    ap.add_argument("--levels", default="25,50,100,150",
-                    help="offered loads in executions/s (default 25,50,100,150)")
+    ap.add_argument("--levels", default="25,50,100,125,150",
+                    help="offered loads in executions/s (default 25,50,100,125,150)")
     ap.add_argument("--window", type=float, default=6.0, help="seconds per load level")
     ap.add_argument("--workflows", type=int, default=50)
     ap.add_argument("--timer-seconds", type=float, default=9.0)
@@ -117,8 +117,10 @@ def _print_report(doc: dict) -> None:
         print()
         print(report.format_table(
             [[r["offered_per_s"], r["sent_per_s"], r["completed_per_s"], r["outstanding_after"],
-              r["queue_depth_after"], "yes" if r["backlog"] else "no"] for r in tp["levels"]],
-            ["offered /s", "sent /s", "completed /s", "outstanding", "queue depth", "backlog"]))
+              r["queue_depth_after"], "yes" if r["backlog"] else "no",
+              r.get("client_cpu_ms_per_sent")] for r in tp["levels"]],
+            ["offered /s", "sent /s", "completed /s", "still active", "queue depth", "backlog",
+             "client CPU ms/exec"]))
         print(f"backlog drained: {tp.get('drained')} in {tp.get('drain_seconds')} s "
               f"(queue depth after: {tp.get('queue_depth_after_drain')})")
         if tp.get("cpu_ms_per_execution"):
@@ -191,6 +193,7 @@ def main(argv=None) -> int:
                 errors[name] = f"{type(exc).__name__}: {exc}"
                 say(f"{name}: failed: {errors[name]}")
                 traceback.print_exc()
+            bench.close_listeners()
             c1 = memory.snapshot(services)
             cpu_phase[name] = {n: round(c1[n]["cpu_seconds"] - c0[n]["cpu_seconds"], 2)
                                for n in c1 if c0.get(n, {}).get("cpu_seconds") is not None

@@ -29,6 +29,7 @@ class Bench:
         self.pack_ref = f"bench_{self.uid}"
         self._cleanup = CleanupStack()
         self.notes: list[str] = []
+        self._listeners: list[NotifierListener] = []
 
     # ------------------------------------------------------------------ cleanup
     @property
@@ -85,10 +86,17 @@ class Bench:
         self.defer(f"delete workflow {ref}", lambda: self.admin.delete_workflow(ref))
         return created
 
+    def close_listeners(self) -> None:
+        """Close the listeners a phase opened, so they do not spend the benchmark's CPU on the
+        next phase's notifications (closing twice is harmless)."""
+        while self._listeners:
+            self._listeners.pop().close()
+
     def listener(self, filters: tuple[str, ...] = ("entity_type:execution",)) -> NotifierListener:
         lst = NotifierListener(self.target.ws_url, self.admin.token)
         for f in filters:
             lst.subscribe(f)
+        self._listeners.append(lst)
         self.defer("close notifier listener", lst.close)
         time.sleep(0.3)  # a subscribe is never acknowledged (api.md §13.2)
         return lst
