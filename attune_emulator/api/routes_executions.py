@@ -7,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 
+import psycopg2
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
@@ -68,6 +69,28 @@ EXECUTE_SPEC = {
 }
 
 
+# The caller and the token's execution are stored only when they (still) exist.
+_INSERT = """INSERT INTO execution (action, action_ref, config, env_vars, parent, executor, status,
+        permission_set_refs, workflow_def, max_retries, worker_selector, worker_tolerations,
+        worker_affinity)
+    VALUES (%(action)s, %(action_ref)s, %(config)s, %(env_vars)s,
+            (SELECT id FROM execution WHERE id = %(parent)s),
+            (SELECT id FROM identity WHERE id = %(executor)s), 'requested', %(refs)s,
+            %(workflow_def)s, %(max_retries)s, %(selector)s, %(tolerations)s, %(affinity)s)"""
+# ... with its `execution.requested` audit row (E6, as audit.record_execution writes it)
+_INSERT_AUDITED = f"""WITH created AS ({_INSERT} RETURNING *),
+    audited AS (
+        INSERT INTO audit_event (category, event_type, outcome, actor_identity, actor_login,
+                                 actor_token_type, resource_type, resource_id, resource_ref,
+                                 details)
+        SELECT 'execution', '{audit.EXECUTION_REQUESTED}',
+               '{audit.execution_outcome(audit.EXECUTION_REQUESTED)}', c.executor, %(login)s,
+               %(token_type)s, 'executions', c.id::text, c.action_ref,
+               jsonb_build_object('action_ref', c.action_ref, 'parent_execution', c.parent)
+        FROM created c)
+    SELECT * FROM created"""
+
+
 async def execute(request):
     p = await C.require_auth(request)
     body = await C.read_json(request, EXECUTE_SPEC)
@@ -104,25 +127,33 @@ async def execute(request):
         if enc_key:
             params, secrets = secret_params.redact(
                 params, secret_params.secret_names(action.get("param_schema")))
-        row = db.one(
-            """INSERT INTO execution (action, action_ref, config, env_vars, parent, executor, status,
-                   permission_set_refs, workflow_def, max_retries, worker_selector,
-                   worker_tolerations, worker_affinity)
-               VALUES (%s,%s,%s,%s,(SELECT id FROM execution WHERE id = %s),
-                       (SELECT id FROM identity WHERE id = %s),'requested',
-                       %s,%s,%s,%s,%s,%s) RETURNING *""",
-            (action["id"], action["ref"], J(params), J(body["env_vars"]), parent, p.identity_id,
-             J(list(refs)), action["workflow_def"], action.get("max_retries"),
-             J(body["worker_selector"] or None), J(body["worker_tolerations"] or None),
-             J(body["worker_affinity"] or None)))
-        # the caller and the token's execution, each only when it (still) exists
-        executor, parent = row["executor"], row["parent"]
-        if secrets:
-            keystore.store(db.execute, enc_key, "execution", row["id"], secrets)
-        audit.record_execution(db.execute, row, audit.EXECUTION_REQUESTED,
-                               actor_identity=executor, actor_login=p.login,
-                               actor_token_type=p.token_type,
-                               details={"action_ref": action["ref"], "parent_execution": parent})
+        args = {"action": action["id"], "action_ref": action["ref"], "config": J(params),
+                "env_vars": J(body["env_vars"]), "parent": parent, "executor": p.identity_id,
+                "refs": J(list(refs)), "workflow_def": action["workflow_def"],
+                "max_retries": action.get("max_retries"),
+                "selector": J(body["worker_selector"] or None),
+                "tolerations": J(body["worker_tolerations"] or None),
+                "affinity": J(body["worker_affinity"] or None),
+                "login": p.login, "token_type": p.token_type}
+        row = None
+        if not secrets:  # the row and its E6 `execution.requested` entry in one statement
+            try:
+                row = db.one(_INSERT_AUDITED, args)
+            except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                raise
+            except psycopg2.Error as exc:  # nothing was written: insert, then audit apart
+                log.warning("execution insert with its audit entry failed (%s); auditing apart",
+                            str(exc).strip())
+        if row is None:
+            row = db.one(_INSERT + " RETURNING *", args)
+            if secrets:
+                keystore.store(db.execute, enc_key, "execution", row["id"], secrets)
+            # the caller and the token's execution, each only when it (still) exists
+            audit.record_execution(db.execute, row, audit.EXECUTION_REQUESTED,
+                                   actor_identity=row["executor"], actor_login=p.login,
+                                   actor_token_type=p.token_type,
+                                   details={"action_ref": action["ref"],
+                                            "parent_execution": row["parent"]})
         C.publish(request, broker.EXECUTIONS, "execution.requested", {"execution_id": row["id"]})
         return C.ok(U.execution_response(row), 201)
     return await U.sync(work)

@@ -139,12 +139,25 @@ def test_one_hz_timer_for_a_minute_without_backlog_loss_or_duplicates(admin, mak
         rss_from = resources.samples[-1].value if resources else None
         wait_until(lambda: fires_after(end), timeout=WINDOW + 20,
                    description=f"{ref} firing past T0 + {WINDOW} s")
-        # The executor handles events in order and drops those of a rule that is disabled by
-        # then (upstream): disable only once the 60th fire is enforced, so every fire of the
-        # window is; later fires may race the disable and get no enforcement (never two).
+        # The executor drops the events of a rule that is disabled by then (upstream): disable
+        # only once every fire of the window (by fired_at) is enforced. Counting 60 enforcements
+        # is not enough: under load a fire can be stored after later ones (the sensor posts
+        # fires from a small pool), so the 60 may include post-window fires. Later fires may
+        # race the disable and get no enforcement (never two).
         wait_until(lambda: total(admin.list_enforcements, rule_ref=ref), timeout=20,
                    done=lambda n: n >= FIRES,
                    description=f"{FIRES} enforcements of {ref} before the disable")
+
+        def window_unenforced():
+            fires = [e["id"] for e in full_events(admin, ref)
+                     if parse_ts(e["payload"]["fired_at"]) < end]
+            enforced = {f["event"] for f in all_items(admin.list_enforcements, rule_ref=ref)}
+            return len(fires), [i for i in fires if i not in enforced]
+
+        wait_until(window_unenforced, timeout=20, max_interval=1.0,
+                   done=lambda r: r[0] >= FIRES and not r[1],
+                   description=f"all {FIRES} fires of {ref} before T0 + {WINDOW} s stored and "
+                               f"enforced before the disable (value: fires, unenforced ids)")
         t_disable = utcnow()
         admin.disable_rule(ref)
     finally:
