@@ -139,8 +139,8 @@ async def execute(request):
         if not secrets:  # the row and its E6 `execution.requested` entry in one statement
             try:
                 row = db.one(_INSERT_AUDITED, args)
-            except (psycopg2.OperationalError, psycopg2.InterfaceError):
-                raise
+            except (psycopg2.OperationalError, psycopg2.InterfaceError, psycopg2.IntegrityError):
+                raise  # the insert itself cannot succeed (e.g. the action was just deleted)
             except psycopg2.Error as exc:  # nothing was written: insert, then audit apart
                 log.warning("execution insert with its audit entry failed (%s); auditing apart",
                             str(exc).strip())

@@ -8,6 +8,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
+import psycopg2
+import psycopg2.errors
 from starlette.routing import Route
 
 from .. import broker
@@ -160,6 +162,37 @@ async def update_pack(request):
     return await U.sync(work)
 
 
+# The cascade of a pack delete sets `execution.action` / `workflow_def` and `enforcement.rule`
+# to NULL, locking those rows after the action, workflow and rule rows it deletes. The executor
+# takes the opposite order: its scheduling transaction updates executions, and the second
+# update of a row in one transaction re-checks the action key (FOR KEY SHARE). Locking the
+# pack's executions and enforcements first, in id order as the executor does, removes that
+# cycle; a deadlock with anything else aborts one side, and this side is retried.
+_LOCK_DEPENDENTS = """
+    SELECT e.id FROM execution e
+    WHERE e.action IN (SELECT id FROM action WHERE pack = %(pack)s)
+       OR e.workflow_def IN (SELECT id FROM workflow_definition WHERE pack = %(pack)s)
+    ORDER BY e.id FOR UPDATE OF e"""
+_LOCK_ENFORCEMENTS = """
+    SELECT f.id FROM enforcement f WHERE f.rule IN (SELECT id FROM rule WHERE pack = %(pack)s)
+    ORDER BY f.id FOR UPDATE OF f"""
+
+
+def _delete_pack_row(db, pack_id: int, ref: str, attempts: int = 3) -> None:
+    for attempt in range(1, attempts + 1):
+        try:
+            with db.tx() as cur:
+                cur.execute(_LOCK_DEPENDENTS, {"pack": pack_id})
+                cur.execute(_LOCK_ENFORCEMENTS, {"pack": pack_id})
+                cur.execute("DELETE FROM pack WHERE id = %s", (pack_id,))
+            return
+        except psycopg2.errors.DeadlockDetected:
+            if attempt == attempts:
+                raise
+            log.warning("pack %s: delete lost a deadlock (attempt %d of %d); retrying", ref,
+                        attempt, attempts)
+
+
 async def delete_pack(request):
     p = await C.require_auth(request)
     ref = request.path_params["ref"]
@@ -170,7 +203,7 @@ async def delete_pack(request):
         U.rbac_authorize(db, p, "packs", "delete", ref=ref, pack_ref=ref,
                          owner_identity=row.get("installed_by"))
         rules = db.all("SELECT id, ref, trigger_ref FROM rule WHERE pack = %s", (row["id"],))
-        db.execute("DELETE FROM pack WHERE id = %s", (row["id"],))
+        _delete_pack_row(db, row["id"], ref)
         base = _packs_base(request)
         if ref and "/" not in ref and not ref.startswith("."):
             # the link (or plain folder) and every version no running execution holds
