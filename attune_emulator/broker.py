@@ -172,12 +172,28 @@ class Publisher:
 Handler = Callable[[str, dict], None]
 
 
+# PostgreSQL's answers to a lock conflict between concurrent transactions (deadlock detected,
+# serialization failure): the transaction was rolled back and may simply be run again.
+TRANSIENT_PGCODES = frozenset({"40P01", "40001"})
+
+
+def is_transient_conflict(exc: BaseException) -> bool:
+    return getattr(exc, "pgcode", None) in TRANSIENT_PGCODES
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class Consumer(threading.Thread):
     """Consumes one queue in a thread of its own, reconnecting until `stop()`.
 
     `handler(routing_key, body)` runs in the consumer thread; the message is acked after it
     returns. A handler that raises is logged and the message is rejected without requeue (it
-    would fail the same way again). With `manual_ack=True` the handler receives a third argument,
+    would fail the same way again), except when PostgreSQL aborted it for a lock conflict with a
+    concurrent transaction (deadlock, serialization failure): that is run again, up to
+    `TRANSIENT_ATTEMPTS` times, and logged as a warning. With `manual_ack=True` the handler receives a third argument,
     an `ack()` callable that is safe to call from any thread (for work handed to a pool).
 
     With `batch_handler` (not with `manual_ack`), the messages that arrive together (at most
@@ -277,7 +293,7 @@ class Consumer(threading.Thread):
                         ack()
                     return
                 try:
-                    self.handler(method.routing_key, message)
+                    self._handle_retrying(method.routing_key, message)
                 except Exception:
                     log.exception("queue %s: handler failed for %s", self.queue, message)
                     ch.basic_reject(tag, requeue=False)
@@ -301,18 +317,39 @@ class Consumer(threading.Thread):
                 except _CONNECTION_ERRORS:
                     pass
 
+    TRANSIENT_ATTEMPTS = 3
+
+    def _handle_retrying(self, key: str, message: dict) -> None:
+        """`handler(key, message)`, again (up to TRANSIENT_ATTEMPTS) when the database aborted it
+        for a lock conflict with a concurrent transaction: nothing was written, and the next
+        attempt usually finds the other side committed."""
+        for attempt in range(1, self.TRANSIENT_ATTEMPTS + 1):
+            try:
+                self.handler(key, message)
+                return
+            except Exception as exc:
+                if not is_transient_conflict(exc) or attempt == self.TRANSIENT_ATTEMPTS:
+                    raise
+                log.warning("queue %s: %s for %s (attempt %d of %d); retrying", self.queue,
+                            _first_line(exc), message, attempt, self.TRANSIENT_ATTEMPTS)
+                time.sleep(0.05 * attempt)
+
     def _run_batch(self, channel, batch: list[tuple[int, str, dict]]) -> None:
         try:
             self.batch_handler([(key, message) for _tag, key, message in batch])
-        except Exception:
-            log.exception("queue %s: batch handler failed for %d message(s); handling them one "
-                          "by one", self.queue, len(batch))
+        except Exception as exc:
+            if is_transient_conflict(exc):  # expected under concurrent deletes: no traceback
+                log.warning("queue %s: batch of %d message(s) aborted (%s); handling them one by "
+                            "one", self.queue, len(batch), _first_line(exc))
+            else:
+                log.exception("queue %s: batch handler failed for %d message(s); handling them "
+                              "one by one", self.queue, len(batch))
         else:
             channel.basic_ack(batch[-1][0], multiple=True)
             return
         for tag, key, message in batch:
             try:
-                self.handler(key, message)
+                self._handle_retrying(key, message)
             except Exception:
                 log.exception("queue %s: handler failed for %s", self.queue, message)
                 channel.basic_reject(tag, requeue=False)

@@ -603,6 +603,7 @@ ALTER TABLE action ADD COLUMN IF NOT EXISTS container JSONB;
 -- request:
 --   authz  what grants an identity holds (permission sets, assignments, role links)
 --   pack   which packs exist and who may see them (ref, is_standard, installed_by)
+--   action the action definitions `POST /executions/execute` looks up (actions, runtimes)
 -- One row, so a transaction touching both never takes two locks in some order; the triggers are
 -- deferred to commit time, so that lock is taken last and held only briefly. The first values
 -- are time-based: a recreated database never repeats an epoch.
@@ -611,8 +612,11 @@ CREATE TABLE IF NOT EXISTS api_cache_epoch (
     authz BIGINT NOT NULL,
     pack  BIGINT NOT NULL
 );
-INSERT INTO api_cache_epoch (id, authz, pack)
+ALTER TABLE api_cache_epoch ADD COLUMN IF NOT EXISTS action BIGINT NOT NULL
+    DEFAULT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
+INSERT INTO api_cache_epoch (id, authz, pack, action)
     VALUES (1, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint,
+               (extract(epoch FROM clock_timestamp()) * 1000000)::bigint,
                (extract(epoch FROM clock_timestamp()) * 1000000)::bigint)
     ON CONFLICT (id) DO NOTHING;
 
@@ -628,6 +632,12 @@ BEGIN
     RETURN NULL;
 END $$ LANGUAGE plpgsql;
 
+CREATE OR REPLACE FUNCTION attune.bump_action_epoch() RETURNS trigger AS $$
+BEGIN
+    UPDATE attune.api_cache_epoch SET action = action + 1 WHERE id = 1;
+    RETURN NULL;
+END $$ LANGUAGE plpgsql;
+
 DO $$
 DECLARE
     spec TEXT[];
@@ -637,7 +647,9 @@ BEGIN
         ARRAY['permission_assignment', 'authz', 'INSERT OR UPDATE OR DELETE'],
         ARRAY['identity_role_assignment', 'authz', 'INSERT OR UPDATE OR DELETE'],
         ARRAY['permission_set_role_assignment', 'authz', 'INSERT OR UPDATE OR DELETE'],
-        ARRAY['pack', 'pack', 'INSERT OR DELETE OR UPDATE OF ref, is_standard, installed_by']] LOOP
+        ARRAY['pack', 'pack', 'INSERT OR DELETE OR UPDATE OF ref, is_standard, installed_by'],
+        ARRAY['action', 'action', 'INSERT OR UPDATE OR DELETE'],
+        ARRAY['runtime', 'action', 'INSERT OR UPDATE OR DELETE']] LOOP
         EXECUTE format('DROP TRIGGER IF EXISTS %I_cache_epoch ON attune.%I', spec[1], spec[1]);
         EXECUTE format('CREATE CONSTRAINT TRIGGER %I_cache_epoch AFTER %s ON attune.%I '
                        'DEFERRABLE INITIALLY DEFERRED FOR EACH ROW '

@@ -11,6 +11,8 @@ from typing import Any, Callable
 from tests.helpers.cleanup import CleanupStack
 from tests.helpers.client import ApiError, AttuneClient, items
 from tests.helpers.notifier import NotifierListener
+from tests.helpers.polling import TERMINAL
+from tests.helpers.scenario import all_items, parse_ts
 from tests.helpers.target import Target
 
 T0 = time.monotonic()
@@ -85,6 +87,15 @@ class Bench:
         self.defer(f"delete workflow action {ref}", lambda: self.admin.delete_action(ref))
         self.defer(f"delete workflow {ref}", lambda: self.admin.delete_workflow(ref))
         return created
+
+    def terminal_records(self, action_ref: str) -> dict[int, tuple[str, float]]:
+        """id -> (status, `updated` as epoch seconds) of every terminal execution of the action,
+        from the API (the platform's own records)."""
+        out = {}
+        for ex in all_items(self.admin.list_executions, action_ref=action_ref):
+            if ex.get("status") in TERMINAL and ex.get("updated"):
+                out[int(ex["id"])] = (ex["status"], parse_ts(ex["updated"]).timestamp())
+        return out
 
     def close_listeners(self) -> None:
         """Close the listeners a phase opened, so they do not spend the benchmark's CPU on the

@@ -1,10 +1,11 @@
 """Sustained throughput: executions completed per second over a fixed window at increasing
 offered load (POST /executions/execute of a shell `true` action from a pool of senders), the
-point where a backlog starts (RabbitMQ queue depths sampled with pika, and executions sent but
-not terminal), and whether the backlog drains afterwards.
+point where a backlog starts (executions still active per the API, and RabbitMQ queue depths
+sampled with pika), and whether the backlog drains afterwards.
 
-Completion instants are the `updated` field of the execution's `completed` notification (the
-row's own timestamp), counted inside each window.
+Completion instants are each execution's own `updated` once it is terminal, read from the API
+after the drain (the platform's records; no notification listener competes for the cores during
+the windows), counted inside each window.
 
 The benchmark shares the machine's cores with the stack, so its senders are lean: one keep-alive
 `http.client` connection per sender thread and a body encoded once (`requests` costs several
@@ -21,32 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 from bench.context import Bench, QueueSampler, executor_and_worker_queues, say
-from bench.report import parse_ts
-from tests.helpers.polling import TERMINAL
 from tests.helpers.scenario import total
-
-
-class Tracker:
-    """Terminal statuses of our executions, from a notifier listener, read incrementally."""
-
-    def __init__(self, listener, action_ref: str):
-        self.listener = listener
-        self.action_ref = action_ref
-        self.seen = 0
-        self.terminal: dict[int, tuple[str, float]] = {}   # id -> (status, updated epoch)
-
-    def poll(self) -> dict:
-        msgs = self.listener.messages
-        for m in msgs[self.seen:]:
-            p = m.get("payload") or {}
-            if m.get("type") == "notification" and p.get("action_ref") == self.action_ref \
-                    and p.get("status") in TERMINAL and m.get("entity_id") not in self.terminal:
-                stamp = p.get("updated")
-                self.terminal[m["entity_id"]] = (p["status"],
-                                                 parse_ts(stamp).timestamp() if stamp
-                                                 else m.get("_received_at"))
-        self.seen = len(msgs)
-        return self.terminal
 
 
 class Sender:
@@ -92,7 +68,7 @@ class Sender:
 
 
 def _cpu_seconds() -> float:
-    """CPU time of this process (all its threads: senders and the notifier listener)."""
+    """CPU time of this process (all its threads)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
@@ -161,8 +137,6 @@ def run(bench: Bench, levels=(25, 50, 100, 125, 150), seconds: float = 6.0, send
     Completions are tallied once their notifications have arrived (after the drain), so a
     notification that is still in flight when a window closes is not miscounted as missing."""
     action = bench.action("tp", "true")
-    listener = bench.listener(("notification_type:execution_status_changed",))
-    tracker = Tracker(listener, action["ref"])
     sampler = None
     queues = executor_and_worker_queues(bench.admin)
     if bench.target.amqp_url:
@@ -180,8 +154,7 @@ def run(bench: Bench, levels=(25, 50, 100, 125, 150), seconds: float = 6.0, send
         client_cpu = _cpu_seconds() - cpu0
         time.sleep(0.5)  # the window's tail finishes
         active = _server_active(bench, action["ref"])
-        seen_pending = len(sent) - len(tracker.poll())
-        outstanding = sum(active.values()) if active is not None else seen_pending
+        outstanding = sum(active.values()) if active is not None else None
         n_sent = len(sent) - base_sent
         window = w1 - w0
         qdepth = sampler.latest().get("total") if sampler and sampler.latest() else None
@@ -189,14 +162,14 @@ def run(bench: Bench, levels=(25, 50, 100, 125, 150), seconds: float = 6.0, send
                "window_s": round(window, 2), "_w0": w0, "_w1": w1,
                "sent_per_s": round(n_sent / window, 1) if window else None,
                "outstanding_after": outstanding, "active_by_status_after": active,
-               "notifications_pending_after": seen_pending, "queue_depth_after": qdepth,
+               "queue_depth_after": qdepth,
                "client_cpu_s": round(client_cpu, 2),
                "client_cpu_ms_per_sent": round(1000 * client_cpu / n_sent, 2) if n_sent else None}
-        row["backlog"] = bool(outstanding > max(20, rate * 1.0))
+        row["backlog"] = bool(outstanding is not None and outstanding > max(20, rate * 1.0))
         results.append(row)
         say(f"throughput: offered {rate}/s, sent {row['sent_per_s']}/s, still active "
-            f"{outstanding} {active or ''}, queue depth {qdepth}, notifications pending "
-            f"{seen_pending}; client CPU {row['client_cpu_ms_per_sent']} ms per execution sent")
+            f"{outstanding} {active or ''}, queue depth {qdepth}; client CPU "
+            f"{row['client_cpu_ms_per_sent']} ms per execution sent")
         if row["backlog"]:
             backlog_at = rate
             break
@@ -210,15 +183,11 @@ def run(bench: Bench, levels=(25, 50, 100, 125, 150), seconds: float = 6.0, send
             break
         time.sleep(0.25)
     drain_s = time.time() - t_drain
-    t_notes = time.time()  # then the notifications of every terminal status, for the tally
-    while len(tracker.poll()) < len(sent) and time.time() - t_notes < 15:
-        time.sleep(0.1)
-    notes_wait_s = time.time() - t_notes
     time.sleep(0.6)
     q_after = sampler.latest().get("total") if sampler and sampler.latest() else None
     if sampler:
         sampler.stop()
-    term = tracker.poll()
+    term = bench.terminal_records(action["ref"])
     for row in results:
         _tally(row, term)
         del row["_w0"], row["_w1"]
@@ -232,15 +201,14 @@ def run(bench: Bench, levels=(25, 50, 100, 125, 150), seconds: float = 6.0, send
         "levels": results, "sustained_per_s": best, "backlog_started_at_offered_per_s": backlog_at,
         "sent_total": len(sent), "terminal_total": len(term), "statuses": statuses,
         "drained": drained, "drain_seconds": round(drain_s, 2), "queue_depth_after_drain": q_after,
-        "notifications_wait_seconds": round(notes_wait_s, 2),
-        "notifications_missing": len(sent) - len(term),
+        "not_terminal_after_drain": len(sent) - len(term),
         "send_errors": len(errors), "send_error_samples": errors[:5],
         "queues_sampled": sampler.queues if sampler else [],
         "queue_sampler_error": sampler.error if sampler else "no AMQP URL known for the target",
         "queue_depth_samples": sampler.samples if sampler else [],
         "senders": senders, "window_seconds": seconds,
-        "completion_source": "`updated` of each execution_status_changed notification "
-                             "(status completed), tallied after the drain",
+        "completion_source": "`updated` of each terminal execution, read from "
+                             "GET /api/v1/executions?action_ref= after the drain",
         "backlog_source": "executions still active per the API (status filters) 0.5 s after "
                           "each window, and RabbitMQ queue depths"}
     say(f"throughput: best {best}/s completed; backlog from {backlog_at}/s offered; drained "

@@ -7,7 +7,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 from bench.context import Bench, say
 from bench.report import ms_between, summarize
-from bench.throughput import Tracker
 
 
 def run(bench: Bench, count: int = 50, timeout: float = 75.0) -> dict:
@@ -16,8 +15,6 @@ def run(bench: Bench, count: int = 50, timeout: float = 75.0) -> dict:
         {"name": "first", "action": step["ref"],
          "next": [{"when": "{{ succeeded() }}", "do": ["second"]}]},
         {"name": "second", "action": step["ref"]}]})
-    listener = bench.listener(("notification_type:execution_status_changed",))
-    tracker = Tracker(listener, wf["ref"])
     say(f"workflows: starting {count} workflows ({wf['ref']}, 2 sequential tasks) at once ...")
     t0 = time.time()
 
@@ -28,7 +25,7 @@ def run(bench: Bench, count: int = 50, timeout: float = 75.0) -> dict:
         ids = [i for i in pool.map(launch, range(count))]
     launched = time.time() - t0
     while time.time() - t0 < timeout:
-        if len([i for i in tracker.poll() if i in ids]) >= count:
+        if len([i for i in bench.terminal_records(wf["ref"]) if i in ids]) >= count:
             break
         time.sleep(0.25)
     wall = time.time() - t0

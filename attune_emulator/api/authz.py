@@ -20,7 +20,7 @@ from .. import auth as _auth
 
 MAX_ENTRIES = 10000
 
-EPOCH_COLUMNS = "e.authz AS authz_epoch, e.pack AS pack_epoch"
+EPOCH_COLUMNS = "e.authz AS authz_epoch, e.pack AS pack_epoch, e.action AS action_epoch"
 IDENTITY_STATE_SQL = (f"SELECT i.id, i.login, i.frozen, i.attributes, {EPOCH_COLUMNS} "
                       "FROM identity i LEFT JOIN api_cache_epoch e ON e.id = 1 WHERE i.id = %s")
 IDENTITY_SETS_SQL = """SELECT ps.id, ps.ref, ps.grants FROM permission_set ps
@@ -59,7 +59,8 @@ class TokenCache:
 class AuthzCache:
     """Permission-set rows ({id, ref, grants}) by identity (access tokens) or by the refs an
     execution token names, valid for one authz epoch; pack visibility rows ({id, ref,
-    is_standard, installed_by}, None when no such pack) valid for one pack epoch.
+    is_standard, installed_by}, None when no such pack) valid for one pack epoch; action rows
+    (`ACTION_SELECT`, None when no such action) valid for one action epoch.
     Entries are shared between requests: read-only."""
 
     def __init__(self):
@@ -67,6 +68,7 @@ class AuthzCache:
         self._by_identity: dict[int, tuple[int, list[dict]]] = {}
         self._by_refs: dict[tuple, tuple[int, list[dict]]] = {}
         self._packs: dict[str, tuple[int, dict | None]] = {}
+        self._actions: dict[str, tuple[int, dict | None]] = {}
 
     @staticmethod
     def _get(table: dict, key: Any, epoch: int | None, missing: Any = None) -> Any:
@@ -109,6 +111,16 @@ class AuthzCache:
             found = db.one(PACK_SQL, (pack_ref,))
             row = dict(found) if found is not None else None
             self._put(self._packs, pack_ref, epoch, row)
+        return row
+
+
+    def action(self, db, sql: str, ref: str, epoch: int | None) -> dict | None:
+        """The row `sql` (one `%s`: the ref) finds, cached under the action epoch."""
+        row = self._get(self._actions, ref, epoch, _MISSING)
+        if row is _MISSING:
+            found = db.one(sql, (ref,))
+            row = dict(found) if found is not None else None
+            self._put(self._actions, ref, epoch, row)
         return row
 
 

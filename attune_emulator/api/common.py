@@ -584,6 +584,7 @@ class Principal:
     attributes: dict | None = None
     authz_epoch: int | None = None
     pack_epoch: int | None = None
+    action_epoch: int | None = None
     permission_sets: list | None = None
     cache: Any = None  # authz.AuthzCache of the app
 
@@ -681,6 +682,7 @@ async def require_auth(request: Request, *, check_identity: bool = True) -> Prin
                           permission_set_refs=refs, metadata=metadata, attributes=attrs,
                           authz_epoch=row.get("authz_epoch") if row is not None else None,
                           pack_epoch=row.get("pack_epoch") if row is not None else None,
+                          action_epoch=row.get("action_epoch") if row is not None else None,
                           permission_sets=sets,
                           cache=getattr(request.app.state, "authz_cache", None))
     if check_identity:

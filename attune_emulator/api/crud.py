@@ -23,6 +23,19 @@ def load_by_ref(db, cfg, principal, sql: str, ref: str, noun: str) -> dict:
     return row
 
 
+def load_cached_action(db, cfg, principal, sql: str, ref: str) -> dict:
+    """`load_by_ref` for actions, from the per-process cache when the caller's request read the
+    current action epoch (authz.py); a copy, so callers may change it."""
+    shared = getattr(principal, "cache", None)
+    epoch = getattr(principal, "action_epoch", None)
+    if shared is None or epoch is None:
+        return load_by_ref(db, cfg, principal, sql, ref, "Action")
+    row = shared.action(db, sql, ref, epoch)
+    if row is None or U.pack_hidden(db, cfg, principal, row["pack_ref"]):
+        raise C.not_found(f"Action '{ref}' not found")
+    return dict(row)
+
+
 def load_pack(db, cfg, principal, pack_ref: str) -> dict:
     """The pack a row is created in (or listed from): missing or hidden (E3) -> 404."""
     pack = db.one("SELECT * FROM pack WHERE ref = %s", (pack_ref,))

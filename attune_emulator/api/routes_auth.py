@@ -258,6 +258,7 @@ async def get_me(request: Request) -> Response:
         if principal.authz_epoch is None:
             principal.authz_epoch = identity["authz_epoch"]
             principal.pack_epoch = identity["pack_epoch"]
+            principal.action_epoch = identity["action_epoch"]
         return _current_user(db, identity, principal)
 
     return ok(await run_sync(work))

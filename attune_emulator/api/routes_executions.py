@@ -16,7 +16,7 @@ from .. import audit, broker, keystore, secret_params
 from ..db import J
 from . import common as C
 from . import apib_util as U
-from .routes_actions import load_action
+from . import crud
 from .routes_events import list_page
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,8 @@ async def execute(request):
 
     def work():
         db = C.db(request)
-        action = load_action(db, request.app.state.cfg, p, body["action_ref"])
+        action = crud.load_cached_action(db, request.app.state.cfg, p,
+                                         f"{U.ACTION_SELECT} WHERE a.ref = %s", body["action_ref"])
         U.rbac_authorize(db, p, "actions", "execute", pack_ref=action["pack_ref"],
                          ref=action["ref"])
         refs = body["permission_set_refs"]

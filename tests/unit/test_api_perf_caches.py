@@ -112,6 +112,29 @@ def test_named_sets_key_ignores_order_and_duplicates():
     assert db.queries == 1
 
 
+def test_action_cache_is_valid_for_one_action_epoch():
+    actions = {"p.a": {"id": 7, "ref": "p.a", "pack_ref": "p", "max_retries": None}}
+    reads = []
+
+    class ActionDb:
+        def one(self, sql, params=None):
+            reads.append(params[0])
+            row = actions.get(params[0])
+            return dict(row) if row is not None else None
+
+    cache, db = authz.AuthzCache(), ActionDb()
+    sql = "SELECT ... WHERE a.ref = %s"
+    assert cache.action(db, sql, "p.a", 3)["id"] == 7
+    assert cache.action(db, sql, "p.a", 3)["id"] == 7
+    assert cache.action(db, sql, "p.gone", 3) is None
+    assert cache.action(db, sql, "p.gone", 3) is None
+    assert reads == ["p.a", "p.gone"]
+    actions["p.a"]["max_retries"] = 2  # an update commits with action epoch 4
+    assert cache.action(db, sql, "p.a", 4)["max_retries"] == 2
+    assert cache.action(db, sql, "p.a", None)["max_retries"] == 2  # unknown epoch: always read
+    assert reads == ["p.a", "p.gone", "p.a", "p.a"]
+
+
 def test_pack_cache_remembers_missing_packs_per_epoch():
     db, cache = CountingDb(), authz.AuthzCache()
     assert cache.pack(db, "nope", 1) is None
