@@ -105,23 +105,21 @@ class AuthzCache:
         return rows
 
 
-    def pack(self, db, pack_ref: str, epoch: int | None) -> dict | None:
-        row = self._get(self._packs, pack_ref, epoch, _MISSING)
-        if row is _MISSING:
-            found = db.one(PACK_SQL, (pack_ref,))
-            row = dict(found) if found is not None else None
-            self._put(self._packs, pack_ref, epoch, row)
-        return row
-
-
-    def action(self, db, sql: str, ref: str, epoch: int | None) -> dict | None:
-        """The row `sql` (one `%s`: the ref) finds, cached under the action epoch."""
-        row = self._get(self._actions, ref, epoch, _MISSING)
+    def _row(self, table: dict, db, sql: str, ref: str, epoch: int | None) -> dict | None:
+        """The row `sql` (one `%s`: the ref) finds (None: none), cached under `epoch`."""
+        row = self._get(table, ref, epoch, _MISSING)
         if row is _MISSING:
             found = db.one(sql, (ref,))
             row = dict(found) if found is not None else None
-            self._put(self._actions, ref, epoch, row)
+            self._put(table, ref, epoch, row)
         return row
+
+    def pack(self, db, pack_ref: str, epoch: int | None) -> dict | None:
+        return self._row(self._packs, db, PACK_SQL, pack_ref, epoch)
+
+
+    def action(self, db, sql: str, ref: str, epoch: int | None) -> dict | None:
+        return self._row(self._actions, db, sql, ref, epoch)
 
 
 def identity_state(db, identity_id: int) -> dict | None:
