@@ -77,7 +77,7 @@ def _assert_no_leftovers(target, pid_file: Path) -> None:
                 try:
                     state = next((line for line in status.read_text().splitlines()
                                   if line.startswith("State:")), "State: ?")
-                except OSError:
+                except OSError:  # reaped between the check and the read: not alive
                     continue
                 out[pid] = state
         return out
