@@ -31,6 +31,8 @@ from typing import Callable
 import pika
 import pika.exceptions
 
+from .db import is_transient_conflict
+
 log = logging.getLogger(__name__)
 
 EVENTS = "attune.events"
@@ -170,15 +172,6 @@ class Publisher:
 
 
 Handler = Callable[[str, dict], None]
-
-
-# PostgreSQL's answers to a lock conflict between concurrent transactions (deadlock detected,
-# serialization failure): the transaction was rolled back and may simply be run again.
-TRANSIENT_PGCODES = frozenset({"40P01", "40001"})
-
-
-def is_transient_conflict(exc: BaseException) -> bool:
-    return getattr(exc, "pgcode", None) in TRANSIENT_PGCODES
 
 
 def _first_line(exc: BaseException) -> str:

@@ -59,6 +59,15 @@ def utcnow() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc)
 
 
+# PostgreSQL's answers to a lock conflict between concurrent transactions (deadlock detected,
+# serialization failure): the transaction was rolled back and may simply be run again.
+TRANSIENT_PGCODES = frozenset({"40P01", "40001"})
+
+
+def is_transient_conflict(exc: BaseException) -> bool:
+    return getattr(exc, "pgcode", None) in TRANSIENT_PGCODES
+
+
 class DictCursor(psycopg2.extensions.cursor):
     """Rows as plain dicts (column name -> value), like RealDictCursor but built from the C-level
     tuples in one step: RealDictRow assigns column by column in Python, which dominated the

@@ -8,11 +8,10 @@ import tempfile
 import uuid
 from pathlib import Path
 
-import psycopg2
-import psycopg2.errors
 from starlette.routing import Route
 
 from .. import broker
+from ..db import is_transient_conflict
 from .. import pack_store
 from .. import packs as packs_mod
 from . import common as C
@@ -167,7 +166,7 @@ async def update_pack(request):
 # takes the opposite order: its scheduling transaction updates executions, and the second
 # update of a row in one transaction re-checks the action key (FOR KEY SHARE). Locking the
 # pack's executions and enforcements first, in id order as the executor does, removes that
-# cycle; a deadlock with anything else aborts one side, and this side is retried.
+# cycle; a lock conflict with anything else aborts one side, and this side is retried.
 _LOCK_DEPENDENTS = """
     SELECT e.id FROM execution e
     WHERE e.action IN (SELECT id FROM action WHERE pack = %(pack)s)
@@ -186,10 +185,10 @@ def _delete_pack_row(db, pack_id: int, ref: str, attempts: int = 3) -> None:
                 cur.execute(_LOCK_ENFORCEMENTS, {"pack": pack_id})
                 cur.execute("DELETE FROM pack WHERE id = %s", (pack_id,))
             return
-        except psycopg2.errors.DeadlockDetected:
-            if attempt == attempts:
+        except Exception as exc:
+            if not is_transient_conflict(exc) or attempt == attempts:
                 raise
-            log.warning("pack %s: delete lost a deadlock (attempt %d of %d); retrying", ref,
+            log.warning("pack %s: delete lost a lock conflict (attempt %d of %d); retrying", ref,
                         attempt, attempts)
 
 

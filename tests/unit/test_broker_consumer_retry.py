@@ -2,7 +2,7 @@
 not retried."""
 import pytest
 
-from attune_emulator import broker
+from attune_emulator import broker, db
 
 
 class Conflict(Exception):
@@ -16,10 +16,10 @@ def _consumer(handler):
 
 
 def test_transient_conflicts_are_recognised_by_sqlstate():
-    assert broker.is_transient_conflict(Conflict("40P01"))   # deadlock detected
-    assert broker.is_transient_conflict(Conflict("40001"))   # serialization failure
-    assert not broker.is_transient_conflict(Conflict("23503"))
-    assert not broker.is_transient_conflict(ValueError("x"))
+    assert db.is_transient_conflict(Conflict("40P01"))   # deadlock detected
+    assert db.is_transient_conflict(Conflict("40001"))   # serialization failure
+    assert not db.is_transient_conflict(Conflict("23503"))
+    assert not db.is_transient_conflict(ValueError("x"))
 
 
 def test_a_deadlocked_handler_runs_again_until_it_succeeds():
