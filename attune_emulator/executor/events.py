@@ -20,6 +20,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import psycopg2
+import psycopg2.errors
+
 from .. import expressions, keystore as keystore_mod, secret_params, templates
 from ..db import J, iso
 from . import rule_notify
@@ -111,11 +114,15 @@ def handle_event_created(ctx: Ctx, body: dict) -> None:
     if event is None:
         log.warning("event %s not found; ignoring event.created", event_id)
         return
-    if event.get("rule") is not None:
-        rules = ctx.db.all("SELECT * FROM rule WHERE id = %s", (event["rule"],))
+    # A bound event (a timer fire: trigger_instance_id rule_<id>) is for its rule only. When the
+    # rule was deleted after the fire, `rule` is NULL (ON DELETE SET NULL) but `rule_ref` still
+    # says it was bound: it must not fan out to every rule of the trigger.
+    if event.get("rule") is not None or event.get("rule_ref"):
+        rules = ctx.db.all("SELECT * FROM rule WHERE id = %s", (event["rule"],)) \
+            if event.get("rule") is not None else []
         if not rules:
             log.info("event %s is bound to rule %s which no longer exists; no enforcement",
-                     event_id, event["rule"])
+                     event_id, event.get("rule") or event.get("rule_ref"))
             return
         if not rules[0]["enabled"]:
             log.info("event %s: rule %s is disabled; not matched", event_id, rules[0]["ref"])
@@ -165,12 +172,18 @@ def _process_rule(ctx: Ctx, event: dict, rule: dict) -> None:
     if names and ctx.cfg.get("security.encryption_key"):
         config, more = secret_params.redact(config, names)
         secrets = secrets + more
-    row = ctx.db.one(
-        "INSERT INTO enforcement (rule, rule_ref, trigger_ref, config, event, status, payload,"
-        " condition, conditions) VALUES (%s, %s, %s, %s, %s, 'created', %s, 'all', %s)"
-        " ON CONFLICT (rule, event) DO NOTHING RETURNING id",
-        (rule["id"], rule["ref"], event["trigger_ref"], J(config), event["id"],
-         J(event.get("payload")), J(rule.get("conditions") if rule.get("conditions") is not None else {})))
+    try:
+        row = ctx.db.one(
+            "INSERT INTO enforcement (rule, rule_ref, trigger_ref, config, event, status, payload,"
+            " condition, conditions) VALUES (%s, %s, %s, %s, %s, 'created', %s, 'all', %s)"
+            " ON CONFLICT (rule, event) DO NOTHING RETURNING id",
+            (rule["id"], rule["ref"], event["trigger_ref"], J(config), event["id"],
+             J(event.get("payload")),
+             J(rule.get("conditions") if rule.get("conditions") is not None else {})))
+    except psycopg2.errors.ForeignKeyViolation:  # the rule (or event) was deleted meanwhile
+        log.info("event %s: rule %s was deleted while it was being matched; no enforcement",
+                 event["id"], rule["ref"])
+        return
     if row is None:
         log.info("event %s: enforcement for rule %s already exists (duplicate delivery); skipped",
                  event["id"], rule["ref"])

@@ -78,10 +78,12 @@ class CancelOnChildEnd:
                 with self._lock:
                     if self._parents.get(parent) != ev.get("status") or parent in self._fired:
                         continue
+                    # fired, started and listed together: whoever sees it fired can join it
                     self._fired.add(parent)
-                t = threading.Thread(target=self._cancel, args=(parent, ev.get("id")), daemon=True)
-                self._threads.append(t)
-                t.start()
+                    t = threading.Thread(target=self._cancel, args=(parent, ev.get("id")),
+                                         daemon=True)
+                    t.start()
+                    self._threads.append(t)
         except Exception as exc:  # stream closed by close() or by the server
             if not self._stop.is_set():
                 self.errors.append(repr(exc))
@@ -105,7 +107,9 @@ class CancelOnChildEnd:
 
     def join(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
-        for t in list(self._threads):
+        with self._lock:
+            threads = list(self._threads)
+        for t in threads:
             t.join(max(0.0, deadline - time.monotonic()))
 
     def close(self) -> None:
